@@ -1,0 +1,96 @@
+"""ResNet backbones that give the pooled global vector and the stage-3 region map in one pass.
+
+The layout mirrors keras.applications.ResNet50 layer for layer and name for name (`conv1_conv`,
+`conv4_block6_out`, biased convolutions, stride on the first 1x1 of a block, BatchNorm epsilon
+1.001e-5), so the Keras ImageNet weight file maps onto it one to one. Output at 224 px for
+ResNet-50: `global` [B, 2048] (average-pooled stage 5) and `regions` [B, 14, 14, 1024]
+(`conv4_block6_out`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+BN_EPSILON = 1.001e-5  # keras.applications.resnet
+
+
+class Bottleneck(nn.Module):
+  """Keras `block1`: 1x1 (strided) -> 3x3 -> 1x1 with a projection shortcut when asked."""
+
+  filters: int
+  stride: int
+  project: bool
+  train: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
+                                         dtype=self.dtype, name=name)
+    norm = lambda name: nn.BatchNorm(use_running_average=not self.train, epsilon=BN_EPSILON,
+                                     dtype=self.dtype, name=name)
+    shortcut = x
+    if self.project:
+      shortcut = norm("0_bn")(conv(4 * self.filters, 1, self.stride, "0_conv")(x))
+    y = nn.relu(norm("1_bn")(conv(self.filters, 1, self.stride, "1_conv")(x)))
+    y = nn.relu(norm("2_bn")(conv(self.filters, 3, 1, "2_conv")(y)))
+    y = norm("3_bn")(conv(4 * self.filters, 1, 1, "3_conv")(y))
+    return nn.relu(shortcut + y)
+
+
+class ResNet(nn.Module):
+  """A Keras-layout ResNet v1 with bottleneck blocks.
+
+  Attributes:
+    stage_sizes: blocks per stage (conv2..conv5); ResNet-50 is (3, 4, 6, 3).
+    widths: bottleneck widths per stage (outputs are 4x); ResNet-50 is (64, 128, 256, 512).
+    stem_width: filters of the 7x7 stem.
+    region_stage: the stage (2..5) whose output map is returned as `regions`.
+  """
+
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  widths: Sequence[int] = (64, 128, 256, 512)
+  stem_width: int = 64
+  region_stage: int = 4  # conv4 = Keras "conv4_block6_out", the paper's conv4_6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = images.astype(self.dtype)
+    x = nn.Conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), dtype=self.dtype,
+                name="conv1_conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, epsilon=BN_EPSILON, dtype=self.dtype,
+                     name="conv1_bn")(x)
+    x = nn.relu(x)
+    # Keras pads with zeros before the pool; after a ReLU that equals -inf padding.
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    regions = None
+    for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths), start=2):
+      for block in range(1, blocks + 1):
+        x = Bottleneck(width, stride=(1 if stage == 2 else 2) if block == 1 else 1,
+                       project=block == 1, train=train, dtype=self.dtype,
+                       name=f"conv{stage}_block{block}")(x)
+      if stage == self.region_stage:
+        regions = x
+    return {"global": jnp.mean(x.astype(jnp.float32), axis=(1, 2)),
+            "regions": regions.astype(jnp.float32)}
+
+
+def resnet50(dtype=jnp.float32) -> ResNet:
+  return ResNet(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem_width=64, dtype=dtype)
+
+
+def resnet_small(dtype=jnp.float32) -> ResNet:
+  """One block per stage, 1/4 widths (global 512-d, regions 256-d): the CPU demo's backbone."""
+  return ResNet(stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16, dtype=dtype)
+
+
+def resnet_tiny(dtype=jnp.float32) -> ResNet:
+  """One block per stage, 1/16 widths: for unit tests."""
+  return ResNet(stage_sizes=(1, 1, 1, 1), widths=(4, 8, 16, 32), stem_width=8, dtype=dtype)
+
+
+BACKBONES = {"resnet50": resnet50, "resnet_small": resnet_small, "resnet_tiny": resnet_tiny}
