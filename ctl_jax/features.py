@@ -1,0 +1,119 @@
+"""Frozen-backbone feature extraction into the on-disk cache (see input_pipeline/feature_cache.py).
+
+Each unique image is run through the backbone once: every product (whole image) and every
+(scene, crop) of the train and test pairs. Shards are assigned round-robin to processes and each
+process runs its shards on its own devices, so extraction scales over hosts without collectives.
+The cache folder is named by a fingerprint of the backbone weights, the preprocessing and the
+items, so a changed backbone or dataset never reads stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+
+from ctl_jax import models, sharding
+from input_pipeline import feature_cache, pipeline
+from input_pipeline.scene_data import SceneDataset
+
+
+def cache_items(ds: SceneDataset) -> dict[str, tuple[list[str], list[str], np.ndarray | None]]:
+  """Per kind: (keys, image paths, crops or None) of every image the model will need."""
+  products = (list(ds.stl.products), ds.product_paths, None)
+  keys, paths, crops = [], [], []
+  seen = set()
+  for split in (ds.train, ds.test):
+    for pair, crop in zip(split.pairs, split.crops):
+      scene = ds.stl.pair_scene[pair]
+      key = feature_cache.scene_crop_key(ds.stl.scenes[scene], crop)
+      if key not in seen:
+        seen.add(key)
+        keys.append(key)
+        paths.append(ds.scene_paths[scene])
+        crops.append(crop)
+  return {"products": products, "scenes": (keys, paths, np.asarray(crops, np.float32))}
+
+
+def weights_hash(variables) -> str:
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(variables):
+    h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  return h.hexdigest()[:16]
+
+
+def backbone_variables(state) -> dict:
+  """Host copy of the backbone's variables (the cache is only valid for a frozen backbone)."""
+  return jax.device_get({"params": {"backbone": state.frozen_params["backbone"]},
+                         "batch_stats": {"backbone": state.batch_stats["backbone"]}})
+
+
+def cache_root(config, workdir: str, state, items) -> tuple[Path, feature_cache.Manifest]:
+  """Folder and manifest of the cache for this backbone, preprocessing and dataset."""
+  if not config.model.freeze_backbone:
+    raise ValueError("data.source='features' needs model.freeze_backbone=True: a trained "
+                     "backbone changes its features every step")
+  description = {"backbone": config.model.backbone,
+                 "weights": weights_hash(backbone_variables(state)),
+                 "image_size": config.input.image_size,
+                 "normalization": config.input.normalization, "dtype": config.model.dtype}
+  keys = {kind: items[kind][0] for kind in feature_cache.KINDS}
+  fp = feature_cache.fingerprint(description, keys)
+  base = Path(config.data.feature_dir or os.path.join(workdir, "features"))
+  manifest = feature_cache.Manifest(fingerprint=fp, description=description,
+                                    shard_size=config.features.shard_size, keys=keys)
+  return base / fp, manifest
+
+
+def extract_features(run, state) -> feature_cache.FeatureCache:
+  """Fills the cache for `run` (skipping finished shards) and returns it for reading."""
+  config = run.config
+  items = cache_items(run.data)
+  root, manifest = cache_root(config, run.workdir, state, items)
+  todo = [(kind, s) for kind in feature_cache.KINDS for s in range(manifest.num_shards(kind))
+          if s % jax.process_count() == jax.process_index()
+          and not feature_cache.is_complete(root, kind, s)]
+  if todo:
+    _extract_shards(run, state, items, root, manifest, todo)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"feature cache {manifest.fingerprint}")
+  return feature_cache.FeatureCache(root)
+
+
+def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
+  config = run.config
+  if jax.process_index() == 0 or not (root / feature_cache.INDEX).exists():
+    feature_cache.write_index(root, manifest)
+  mesh = sharding.make_mesh(jax.local_devices())  # each process runs its own shards
+  variables = jax.device_put(backbone_variables(state), sharding.replicated(mesh))
+  forward = jax.jit(lambda v, x: run.model.apply(v, x, method=models.CTLModel.features),
+                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                    out_shardings=sharding.replicated(mesh))
+  batch = config.features.batch_size
+  sharding.global_batch_size_check(batch, mesh)
+  size = manifest.shard_size
+  total = sum(min(size, len(items[k][0]) - s * size) for k, s in todo)
+  logging.info("extracting %d images into %s (%d shards)", total, root, len(todo))
+  with tqdm.tqdm(total=total, unit="img", desc="features", disable=jax.process_index() != 0,
+                 mininterval=2.0) as bar:
+    for kind, shard in todo:
+      _, paths, crops = items[kind]
+      lo, hi = shard * size, min((shard + 1) * size, len(paths))
+      data = pipeline.eval_images(
+          paths[lo:hi], None if crops is None else crops[lo:hi], {}, global_batch=batch,
+          image_size=config.input.image_size, normalization=config.input.normalization)
+      glob, regions = [], []
+      for b in data.as_numpy_iterator():
+        out = forward(variables, jax.device_put(b["image"], sharding.batch_sharded(mesh)))
+        glob.append(np.asarray(out["global"], np.float16))
+        if kind == "scenes":
+          regions.append(np.asarray(out["regions"], np.float16))
+        bar.update(int(b["_mask"].sum()))
+      feature_cache.write_shard(root, kind, shard, np.concatenate(glob)[:hi - lo],
+                                np.concatenate(regions)[:hi - lo] if regions else None)

@@ -1,0 +1,212 @@
+"""The scene-based trainer: data, sharded jitted steps, checkpoints, logging and final evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from ctl_jax import checkpoint, evaluate, features, sharding, steps, train_state
+from input_pipeline import feature_cache, pipeline, scene_data, triplets
+
+
+# What the jitted step reads from a host batch (the rest is bookkeeping for logs).
+STEP_INPUTS = ("scene", "positive", "negative", "scene_global", "scene_regions", "positive_global",
+               "negative_global", "category", "positive_index", "negative_index", "scene_products")
+
+
+@dataclasses.dataclass
+class Run:
+  """What train and evaluate share: the data, the model, the mesh and the checkpoints."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  data: scene_data.SceneDataset
+  model: object
+  mesh: jax.sharding.Mesh
+  tx: object
+  schedule: object
+  checkpointer: checkpoint.Checkpointer
+
+  def fresh_state(self) -> train_state.TrainState:
+    """The initial state (seeded; with the user's backbone weights if configured)."""
+    return train_state.create_train_state(
+        self.model, self.tx, jax.random.PRNGKey(self.config.seed), self.config.input.image_size,
+        self.mesh, initial_variables=initial_backbone_variables(self.config))
+
+  def feature_cache(self, state) -> feature_cache.FeatureCache | None:
+    """The cache of backbone features when `data.source='features'` (extracted on first use)."""
+    if self.config.data.source == "images":
+      return None
+    if self.config.data.source != "features":
+      raise ValueError(f"data.source={self.config.data.source!r}; choose 'images' or 'features'")
+    return features.extract_features(self, state)
+
+  def meta(self) -> dict:
+    return {"config": json.loads(self.config.to_json_best_effort()),
+            "categories": self.data.categories}
+
+  def restore_or_init(self) -> train_state.TrainState:
+    """Latest checkpoint of the workdir if any, else a fresh state."""
+    state = self.fresh_state()
+    step = self.checkpointer.latest_step()
+    if step is None:
+      return state
+    state, meta = self.checkpointer.restore(state, step)
+    if meta.get("categories") != self.data.categories:
+      raise ValueError(f"checkpoint step {step} in {self.checkpointer.directory} was trained on "
+                       f"categories {meta.get('categories')}, the data has {self.data.categories}")
+    logging.info("restored checkpoint step %d from %s", step, self.checkpointer.directory)
+    return state
+
+
+def initial_backbone_variables(config) -> dict | None:
+  """Backbone variables from `model.backbone_weights`, or None (random initialisation)."""
+  if not config.model.backbone_weights:
+    return None
+  raise NotImplementedError("backbone weight import lands with the feature-cache issue")
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  os.makedirs(workdir, exist_ok=True)
+  data = scene_data.load_scene_dataset(config.data)
+  mesh = sharding.make_mesh()
+  sharding.global_batch_size_check(config.input.batch_size, mesh)
+  model = train_state.create_model(config.model, len(data.categories))
+  tx, schedule = train_state.make_optimizer(config.optimizer, config.train.num_steps)
+  ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
+                                 max_to_keep=config.train.max_checkpoints_to_keep)
+  logging.info("data %s: %s", config.data.root, data.summary())
+  logging.info("%d process(es), %d device(s) (%s); workdir %s; checkpoints %s",
+               jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir,
+               ckpt.directory)
+  return Run(config, workdir, data, model, mesh, tx, schedule, ckpt)
+
+
+class MetricsLog:
+  """Process 0 appends one JSON object per logged step to workdir/metrics.jsonl."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = jax.process_index() == 0
+
+  def write(self, step: int, values: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def make_train_step(run: Run, state: train_state.TrainState):
+  """train_step jitted once, state replicated, batch on `data`, state buffers donated."""
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  fn = functools.partial(steps.train_step, model=run.model, margin=run.config.loss.margin,
+                         reduction=run.config.loss.reduction, schedule=run.schedule,
+                         in_batch=run.config.loss.in_batch_negatives)
+  return jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharded(run.mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(run.mesh)), donate_argnums=0)
+
+
+def train_batches(run: Run, start_step: int, cache: feature_cache.FeatureCache | None):
+  """Host batches from `start_step` on: images, or cached features when `cache` is given."""
+  c = run.config
+  sampler = triplets.TripletSampler(run.data.stl, run.data.train, seed=c.seed,
+                                    num_negatives=c.loss.num_negatives)
+  if sampler.num_unusable:
+    logging.warning("%d training pairs have no possible negative (their category has one "
+                    "product) and are skipped", sampler.num_unusable)
+  hosts = dict(global_batch=c.input.batch_size, start_step=start_step,
+               process_index=jax.process_index(), process_count=jax.process_count(),
+               prefetch=c.input.prefetch)
+  if cache is None:
+    return pipeline.train_triplets(
+        sampler, run.data.scene_paths, run.data.product_paths, image_size=c.input.image_size,
+        normalization=c.input.normalization, num_parallel_calls=c.input.num_parallel_calls,
+        **hosts)
+  scene_rows = np.full(len(run.data.stl), -1, np.int64)
+  scene_rows[run.data.train.pairs] = cache.rows("scenes", run.data.scene_keys(run.data.train))
+  product_rows = cache.rows("products", run.data.stl.products)
+  return pipeline.train_features(sampler, cache, scene_rows, product_rows, **hosts)
+
+
+def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainState:
+  """Trains from the latest checkpoint (or scratch) to `train.num_steps`; saves as it goes.
+
+  Args:
+    stop_after_step: end early after this step, with a checkpoint, as an interrupted run would
+      (the schedule and the data order still follow `train.num_steps`).
+  """
+  c = run.config
+  last = c.train.num_steps if stop_after_step is None else min(stop_after_step, c.train.num_steps)
+  state = run.restore_or_init()
+  start = int(jax.device_get(state.step))
+  if start >= c.train.num_steps:
+    logging.info("checkpoint step %d >= train.num_steps %d: nothing to train", start,
+                 c.train.num_steps)
+    return state
+  step_fn = make_train_step(run, state)
+  batches = train_batches(run, start, run.feature_cache(state))
+  log = MetricsLog(run.workdir)
+  meta = run.meta()
+  batch_size = c.input.batch_size
+  t0, window_start = time.perf_counter(), start
+  for step in range(start + 1, last + 1):
+    host_batch = next(batches)
+    state, metrics = step_fn(state, sharding.to_global(
+        {k: v for k, v in host_batch.items() if k in STEP_INPUTS}, run.mesh))
+    if step % c.train.log_every_steps == 0 or step == c.train.num_steps:
+      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not np.isfinite(values["loss"]):
+        raise FloatingPointError(f"non-finite loss {values['loss']} at step {step}")
+      elapsed = time.perf_counter() - t0
+      values["triplets_per_second"] = (step - window_start) * batch_size / elapsed
+      log.write(step, values)
+      logging.info("step %d/%d loss %.4f triplet_acc %.3f %.1f triplets/s", step,
+                   c.train.num_steps, values["loss"], values["triplet_accuracy"],
+                   values["triplets_per_second"])
+      t0, window_start = time.perf_counter(), step
+    run.checkpointer.save(step, state, meta, force=step == last)
+  run.checkpointer.wait()
+  return state
+
+
+def run_evaluation(run: Run, state: train_state.TrainState) -> dict:
+  """Evaluates `state` and the baselines; process 0 writes eval_metrics.json and prints."""
+  embedder = evaluate.Embedder(run.model, run.mesh, jax.tree.map(lambda x: x.sharding, state),
+                               run.config, cache=run.feature_cache(state))
+  untrained = run.fresh_state() if run.config.eval.baselines else None
+  results = evaluate.evaluate(state, embedder, run.data, run.config, untrained_state=untrained)
+  if jax.process_index() == 0:
+    path = evaluate.write_results(results, run.workdir)
+    print(evaluate.format_table(results))
+    print(f"wrote {path}")
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  run = setup(config, workdir)
+  state = train(run)
+  return run_evaluation(run, state)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  run = setup(config, workdir)
+  if run.checkpointer.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint under {run.checkpointer.directory}: train first")
+  return run_evaluation(run, run.restore_or_init())
+
+
+def extract_features(config: ml_collections.ConfigDict, workdir: str):
+  """Fills the feature cache of `config` (resumable) and returns it."""
+  with config.unlocked():
+    config.data.source = "features"
+  run = setup(config, workdir)
+  cache = run.feature_cache(run.restore_or_init())
+  logging.info("feature cache complete: %s", cache.root)
+  return cache
