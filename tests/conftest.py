@@ -1,0 +1,44 @@
+"""Test session set-up: 4 fake CPU devices, TensorFlow kept off accelerators, shared small data."""
+
+import os
+
+# Before JAX is imported anywhere: four CPU devices, so sharded code runs on a real 4-way mesh.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.config.set_visible_devices([], "GPU")
+# Tests compile many small programs once each: cheaper compilation beats faster execution.
+# Tests that time-consuming training runs switch it back (see `optimized_compilation`).
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture
+def optimized_compilation():
+  """Full XLA optimisation for tests that run many steps of one program."""
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", True)
+
+from input_pipeline import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stl_root(tmp_path_factory):
+  """A small generated STL dataset (400 scenes, small images), shared by the session."""
+  root = tmp_path_factory.mktemp("stl")
+  synthetic.write_stl_dataset(root, num_scenes=400, seed=7, scene_size=(72, 96),
+                              product_size=48, workers=1)
+  return root
+
+
+@pytest.fixture
+def smoke_config(stl_root):
+  from configs import smoke
+  config = smoke.get_config()
+  config.data.root = str(stl_root)
+  return config

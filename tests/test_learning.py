@@ -1,0 +1,32 @@
+"""The demo config learns the planted complementary rule: held-out HR@10 clearly above popularity
+and the untrained model, in about a minute of training on 2 CPU cores."""
+
+import json
+
+import pytest
+
+from configs import demo
+from ctl_jax import train
+from input_pipeline import synthetic
+
+
+@pytest.mark.slow
+def test_demo_config_beats_popularity_and_untrained_on_held_out_scenes(
+    tmp_path, optimized_compilation):
+  root = tmp_path / "data"
+  synthetic.write_stl_dataset(root, num_scenes=2000, seed=1)  # not the README's seed
+  config = demo.get_config()
+  config.data.root = str(root)
+  config.train.num_steps = 800
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+
+  saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
+  for key in ("auc", "hr@1", "hr@10", "hr@50", "category_hr@10", "protocol"):
+    assert key in saved
+  assert set(saved["baselines"]) == {"random", "popularity", "untrained"}
+  base = results["baselines"]
+  assert base["random"]["hr@10"] < 0.15 and base["untrained"]["hr@10"] < 0.2
+  assert results["hr@10"] > base["popularity"]["hr@10"] + 0.08, results
+  assert results["hr@10"] > base["untrained"]["hr@10"] + 0.25, results
+  assert results["auc"] > base["popularity"]["auc"] + 0.08, results
+  assert results["category_hr@10"] > base["popularity"]["category_hr@10"] + 0.08, results
