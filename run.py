@@ -11,7 +11,10 @@ from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, eval_metrics.json.")
 flags.DEFINE_string("out", None, "generate-data: output folder.")
-flags.DEFINE_integer("scenes", 3000, "generate-data: number of scene photos.")
+flags.DEFINE_integer("scenes", 3000, "generate-data: number of scene photos (STL format).")
+flags.DEFINE_integer("outfits", None, "generate-data: number of outfit collages (CTL format); "
+                     "default: as many as scenes.")
+flags.DEFINE_enum("format", "both", ["stl", "ctl", "both"], "generate-data: which formats.")
 flags.DEFINE_integer("seed", 0, "generate-data: seed (same seed, same bytes).")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 FLAGS = flags.FLAGS
@@ -69,11 +72,14 @@ def extract_features():
 def generate_data():
   _need("out")
   from input_pipeline import synthetic
-  summary = synthetic.write_stl_dataset(FLAGS.out, FLAGS.scenes, FLAGS.seed)
-  logging.info("wrote %s: %d scenes, %d products, %d pairs", FLAGS.out, summary["scenes"],
-               summary["products"], summary["pairs"])
-  print(f"{FLAGS.out}: {summary['scenes']} scenes, {summary['products']} products, "
-        f"{summary['pairs']} pairs; pairs per category {summary['pairs_per_category']}")
+  if FLAGS.format in ("stl", "both"):
+    summary = synthetic.write_stl_dataset(FLAGS.out, FLAGS.scenes, FLAGS.seed)
+    print(f"{FLAGS.out} (STL): {summary['scenes']} scenes, {summary['products']} products, "
+          f"{summary['pairs']} pairs; pairs per category {summary['pairs_per_category']}")
+  if FLAGS.format in ("ctl", "both"):
+    summary = synthetic.write_ctl_dataset(FLAGS.out, FLAGS.outfits or FLAGS.scenes, FLAGS.seed)
+    print(f"{FLAGS.out} (CTL): {summary['outfits']} outfits, items {summary['items']}, "
+          f"items per outfit {summary['items_per_outfit']}")
 
 
 if __name__ == "__main__":
