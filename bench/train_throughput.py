@@ -60,7 +60,7 @@ def measure(config_name: str, data_root: str, steps: int) -> dict:
 
     def device_batches():
       for batch in host_batches:
-        yield sharding.to_global({k: v for k, v in batch.items() if k in train.STEP_INPUTS},
+        yield sharding.to_global(train.step_inputs(run, batch),
                                  run.mesh)
 
     fixed = next(device_batches())

@@ -15,6 +15,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.task = "scene"  # scene (Kang et al. 2019)
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()

@@ -1,7 +1,7 @@
 """Frozen-backbone feature extraction into the on-disk cache (see input_pipeline/feature_cache.py).
 
-Each unique image is run through the backbone once: every product (whole image) and every
-(scene, crop) of the train and test pairs. Shards are assigned round-robin to processes and each
+Each unique image the task needs (its `cache_items`: for the scene task every product and every
+(scene, crop) of the train and test pairs) is run through the backbone once. Shards are assigned round-robin to processes and each
 process runs its shards on its own devices, so extraction scales over hosts without collectives.
 The cache folder is named by a fingerprint of the backbone weights, the preprocessing and the
 items, so a changed backbone or dataset never reads stale features.
@@ -21,24 +21,6 @@ from jax.experimental import multihost_utils
 
 from ctl_jax import models, sharding
 from input_pipeline import feature_cache, pipeline
-from input_pipeline.scene_data import SceneDataset
-
-
-def cache_items(ds: SceneDataset) -> dict[str, tuple[list[str], list[str], np.ndarray | None]]:
-  """Per kind: (keys, image paths, crops or None) of every image the model will need."""
-  products = (list(ds.stl.products), ds.product_paths, None)
-  keys, paths, crops = [], [], []
-  seen = set()
-  for split in (ds.train, ds.test):
-    for pair, crop in zip(split.pairs, split.crops):
-      scene = ds.stl.pair_scene[pair]
-      key = feature_cache.scene_crop_key(ds.stl.scenes[scene], crop)
-      if key not in seen:
-        seen.add(key)
-        keys.append(key)
-        paths.append(ds.scene_paths[scene])
-        crops.append(crop)
-  return {"products": products, "scenes": (keys, paths, np.asarray(crops, np.float32))}
 
 
 def weights_hash(variables) -> str:
@@ -74,7 +56,7 @@ def cache_root(config, workdir: str, state, items) -> tuple[Path, feature_cache.
 def extract_features(run, state) -> feature_cache.FeatureCache:
   """Fills the cache for `run` (skipping finished shards) and returns it for reading."""
   config = run.config
-  items = cache_items(run.data)
+  items = run.task.cache_items(run.data)
   root, manifest = cache_root(config, run.workdir, state, items)
   todo = [(kind, s) for kind in feature_cache.KINDS for s in range(manifest.num_shards(kind))
           if s % jax.process_count() == jax.process_index()

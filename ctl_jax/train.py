@@ -1,4 +1,6 @@
-"""The scene-based trainer: data, sharded jitted steps, checkpoints, logging and final evaluation."""
+"""The trainer: one loop for every task, with sharded jitted steps, checkpoints, logging and a
+final evaluation. What differs between tasks (data, model, step, batches, evaluation) comes from
+the task object chosen by `config.task` (see scene_task.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from ctl_jax import checkpoint, evaluate, features, sharding, steps, train_state
-from input_pipeline import feature_cache, pipeline, scene_data, triplets
+from ctl_jax import checkpoint, evaluate, features, scene_task, sharding, train_state
+from input_pipeline import feature_cache
 
-
-# What the jitted step reads from a host batch (the rest is bookkeeping for logs).
-STEP_INPUTS = ("scene", "positive", "negative", "scene_global", "scene_regions", "positive_global",
-               "negative_global", "category", "positive_index", "negative_index", "scene_products")
+TASKS = {"scene": scene_task.SceneTask}
 
 
 @dataclasses.dataclass
@@ -28,7 +27,8 @@ class Run:
 
   config: ml_collections.ConfigDict
   workdir: str
-  data: scene_data.SceneDataset
+  task: object  # one of TASKS
+  data: object  # what task.load_data returns
   model: object
   mesh: jax.sharding.Mesh
   tx: object
@@ -51,7 +51,7 @@ class Run:
 
   def meta(self) -> dict:
     return {"config": json.loads(self.config.to_json_best_effort()),
-            "categories": self.data.categories}
+            "categories": self.task.categories(self.data)}
 
   def restore_or_init(self) -> train_state.TrainState:
     """Latest checkpoint of the workdir if any, else a fresh state."""
@@ -60,9 +60,10 @@ class Run:
     if step is None:
       return state
     state, meta = self.checkpointer.restore(state, step)
-    if meta.get("categories") != self.data.categories:
+    categories = self.task.categories(self.data)
+    if meta.get("categories") != categories:
       raise ValueError(f"checkpoint step {step} in {self.checkpointer.directory} was trained on "
-                       f"categories {meta.get('categories')}, the data has {self.data.categories}")
+                       f"categories {meta.get('categories')}, the data has {categories}")
     logging.info("restored checkpoint step %d from %s", step, self.checkpointer.directory)
     return state
 
@@ -76,10 +77,13 @@ def initial_backbone_variables(config) -> dict | None:
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   os.makedirs(workdir, exist_ok=True)
-  data = scene_data.load_scene_dataset(config.data)
+  if config.task not in TASKS:
+    raise ValueError(f"task={config.task!r}; choose from {list(TASKS)}")
+  task = TASKS[config.task]()
+  data = task.load_data(config)
   mesh = sharding.make_mesh()
   sharding.global_batch_size_check(config.input.batch_size, mesh)
-  model = train_state.create_model(config.model, len(data.categories))
+  model = task.create_model(config, data)
   tx, schedule = train_state.make_optimizer(config.optimizer, config.train.num_steps)
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
                                  max_to_keep=config.train.max_checkpoints_to_keep)
@@ -87,7 +91,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   logging.info("%d process(es), %d device(s) (%s); workdir %s; checkpoints %s",
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir,
                ckpt.directory)
-  return Run(config, workdir, data, model, mesh, tx, schedule, ckpt)
+  return Run(config, workdir, task, data, model, mesh, tx, schedule, ckpt)
 
 
 class MetricsLog:
@@ -104,35 +108,21 @@ class MetricsLog:
 
 
 def make_train_step(run: Run, state: train_state.TrainState):
-  """train_step jitted once, state replicated, batch on `data`, state buffers donated."""
+  """The task's step jitted once: state replicated, batch on `data`, state buffers donated."""
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  fn = functools.partial(steps.train_step, model=run.model, margin=run.config.loss.margin,
-                         reduction=run.config.loss.reduction, schedule=run.schedule,
-                         in_batch=run.config.loss.in_batch_negatives)
+  fn = run.task.train_step(run.config, run.model, run.schedule)
   return jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharded(run.mesh)),
                  out_shardings=(state_sharding, sharding.replicated(run.mesh)), donate_argnums=0)
 
 
 def train_batches(run: Run, start_step: int, cache: feature_cache.FeatureCache | None):
-  """Host batches from `start_step` on: images, or cached features when `cache` is given."""
-  c = run.config
-  sampler = triplets.TripletSampler(run.data.stl, run.data.train, seed=c.seed,
-                                    num_negatives=c.loss.num_negatives)
-  if sampler.num_unusable:
-    logging.warning("%d training pairs have no possible negative (their category has one "
-                    "product) and are skipped", sampler.num_unusable)
-  hosts = dict(global_batch=c.input.batch_size, start_step=start_step,
-               process_index=jax.process_index(), process_count=jax.process_count(),
-               prefetch=c.input.prefetch)
-  if cache is None:
-    return pipeline.train_triplets(
-        sampler, run.data.scene_paths, run.data.product_paths, image_size=c.input.image_size,
-        normalization=c.input.normalization, num_parallel_calls=c.input.num_parallel_calls,
-        **hosts)
-  scene_rows = np.full(len(run.data.stl), -1, np.int64)
-  scene_rows[run.data.train.pairs] = cache.rows("scenes", run.data.scene_keys(run.data.train))
-  product_rows = cache.rows("products", run.data.stl.products)
-  return pipeline.train_features(sampler, cache, scene_rows, product_rows, **hosts)
+  """The task's host batches from `start_step` on (from the feature cache when given)."""
+  return run.task.train_batches(run, start_step, cache)
+
+
+def step_inputs(run: Run, host_batch: dict) -> dict:
+  """The part of a host batch the jitted step reads."""
+  return {k: v for k, v in host_batch.items() if k in run.task.step_inputs}
 
 
 def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainState:
@@ -158,8 +148,7 @@ def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainStat
   t0, window_start = time.perf_counter(), start
   for step in range(start + 1, last + 1):
     host_batch = next(batches)
-    state, metrics = step_fn(state, sharding.to_global(
-        {k: v for k, v in host_batch.items() if k in STEP_INPUTS}, run.mesh))
+    state, metrics = step_fn(state, sharding.to_global(step_inputs(run, host_batch), run.mesh))
     if step % c.train.log_every_steps == 0 or step == c.train.num_steps:
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(values["loss"]):
@@ -178,13 +167,11 @@ def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainStat
 
 def run_evaluation(run: Run, state: train_state.TrainState) -> dict:
   """Evaluates `state` and the baselines; process 0 writes eval_metrics.json and prints."""
-  embedder = evaluate.Embedder(run.model, run.mesh, jax.tree.map(lambda x: x.sharding, state),
-                               run.config, cache=run.feature_cache(state))
   untrained = run.fresh_state() if run.config.eval.baselines else None
-  results = evaluate.evaluate(state, embedder, run.data, run.config, untrained_state=untrained)
+  results = run.task.evaluate(run, state, run.feature_cache(state), untrained_state=untrained)
   if jax.process_index() == 0:
     path = evaluate.write_results(results, run.workdir)
-    print(evaluate.format_table(results))
+    print(run.task.format_table(results))
     print(f"wrote {path}")
   return results
 

@@ -94,7 +94,7 @@ def create_train_state(model: models.CTLModel, tx: optax.GradientTransformation,
   def init(init_rng, overrides):
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init({"params": init_rng}, images, jnp.zeros((1,), jnp.int32),
-                           method=models.CTLModel.init_all)
+                           method="init_all")  # every task's model creates all its variables
     params = dict(variables["params"])
     batch_stats = dict(variables["batch_stats"])
     if overrides:

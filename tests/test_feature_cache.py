@@ -30,7 +30,7 @@ def test_cached_features_give_the_image_path_loss(smoke_config, tmp_path):
   loss = lambda batch: jax.jit(functools.partial(
       steps.triplet_loss, model=run.model, margin=0.5, reduction="sum"))(
           state.params, state, sharding.to_global(
-              {k: v for k, v in batch.items() if k in train.STEP_INPUTS}, run.mesh))[0]
+              train.step_inputs(run, batch), run.mesh))[0]
   image_loss, cached_loss = float(loss(images)), float(loss(cached))
   assert image_loss > 0
   assert cached_loss == pytest.approx(image_loss, rel=2e-3)  # float16 storage

@@ -1,0 +1,86 @@
+"""The scene-based task (Kang et al. 2019) as the trainer sees it.
+
+A task gives the trainer its data, model, step function, input batches, feature-cache items and
+evaluation; the loop, checkpoints, sharding and logging in `train.py` are shared by all tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import numpy as np
+
+from ctl_jax import evaluate, steps, train_state
+from input_pipeline import feature_cache, pipeline, scene_data, triplets
+
+
+class SceneTask:
+  """Rank products of a category for a scene (the STL format)."""
+
+  name = "scene"
+  # What the jitted step reads from a host batch (the rest is bookkeeping for logs).
+  step_inputs = ("scene", "positive", "negative", "scene_global", "scene_regions",
+                 "positive_global", "negative_global", "category", "positive_index",
+                 "negative_index", "scene_products")
+
+  def load_data(self, config) -> scene_data.SceneDataset:
+    return scene_data.load_scene_dataset(config.data)
+
+  def categories(self, data: scene_data.SceneDataset) -> list[str]:
+    return data.categories
+
+  def create_model(self, config, data: scene_data.SceneDataset):
+    return train_state.create_model(config.model, len(data.categories))
+
+  def train_step(self, config, model, schedule):
+    """The pure step function, with the task's settings bound."""
+    return functools.partial(steps.train_step, model=model, margin=config.loss.margin,
+                             reduction=config.loss.reduction, schedule=schedule,
+                             in_batch=config.loss.in_batch_negatives)
+
+  def train_batches(self, run, start_step: int, cache: feature_cache.FeatureCache | None):
+    """Host batches from `start_step` on: images, or cached features when `cache` is given."""
+    c, data = run.config, run.data
+    sampler = triplets.TripletSampler(data.stl, data.train, seed=c.seed,
+                                      num_negatives=c.loss.num_negatives)
+    if sampler.num_unusable:
+      logging.warning("%d training pairs have no possible negative (their category has one "
+                      "product) and are skipped", sampler.num_unusable)
+    hosts = dict(global_batch=c.input.batch_size, start_step=start_step,
+                 process_index=jax.process_index(), process_count=jax.process_count(),
+                 prefetch=c.input.prefetch)
+    if cache is None:
+      return pipeline.train_triplets(
+          sampler, data.scene_paths, data.product_paths, image_size=c.input.image_size,
+          normalization=c.input.normalization, num_parallel_calls=c.input.num_parallel_calls,
+          **hosts)
+    scene_rows = np.full(len(data.stl), -1, np.int64)
+    scene_rows[data.train.pairs] = cache.rows("scenes", data.scene_keys(data.train))
+    product_rows = cache.rows("products", data.stl.products)
+    return pipeline.train_features(sampler, cache, scene_rows, product_rows, **hosts)
+
+  def cache_items(self, data: scene_data.SceneDataset):
+    """Per cache kind: (keys, image paths, crops or None) of every image the model needs:
+    every product whole, and every (scene, crop) of the train and test pairs."""
+    products = (list(data.stl.products), data.product_paths, None)
+    keys, paths, crops = [], [], []
+    seen = set()
+    for split in (data.train, data.test):
+      for key, pair, crop in zip(data.scene_keys(split), split.pairs, split.crops):
+        if key not in seen:
+          seen.add(key)
+          keys.append(key)
+          paths.append(data.scene_paths[data.stl.pair_scene[pair]])
+          crops.append(crop)
+    return {"products": products, "scenes": (keys, paths, np.asarray(crops, np.float32))}
+
+  def evaluate(self, run, state, cache, untrained_state=None) -> dict:
+    embedder = evaluate.Embedder(run.model, run.mesh, jax.tree.map(lambda x: x.sharding, state),
+                                 run.config, cache=cache)
+    return evaluate.evaluate(state, embedder, run.data, run.config,
+                             untrained_state=untrained_state)
+
+  def format_table(self, results: dict) -> str:
+    return evaluate.format_table(results)
