@@ -12,10 +12,12 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ctl_jax import checkpoint, evaluate, features, scene_task, sharding, train_state
+from ctl_jax import (checkpoint, evaluate, features, pretrained, scene_task, sharding,
+                     train_state)
 from input_pipeline import feature_cache
 
 TASKS = {"scene": scene_task.SceneTask}
@@ -39,7 +41,7 @@ class Run:
     """The initial state (seeded; with the user's backbone weights if configured)."""
     return train_state.create_train_state(
         self.model, self.tx, jax.random.PRNGKey(self.config.seed), self.config.input.image_size,
-        self.mesh, initial_variables=initial_backbone_variables(self.config))
+        self.mesh, initial_variables=initial_backbone_variables(self.config, self.model))
 
   def feature_cache(self, state) -> feature_cache.FeatureCache | None:
     """The cache of backbone features when `data.source='features'` (extracted on first use)."""
@@ -68,11 +70,23 @@ class Run:
     return state
 
 
-def initial_backbone_variables(config) -> dict | None:
-  """Backbone variables from `model.backbone_weights`, or None (random initialisation)."""
-  if not config.model.backbone_weights:
+def initial_backbone_variables(config, model) -> dict | None:
+  """Backbone variables from the Keras file `model.backbone_weights`, or None (random init)."""
+  path = config.model.backbone_weights
+  if not path:
     return None
-  raise NotImplementedError("backbone weight import lands with the feature-cache issue")
+  if config.model.backbone != "resnet50":
+    raise ValueError(f"model.backbone_weights is a Keras ResNet-50 file; model.backbone is "
+                     f"{config.model.backbone!r}")
+  if config.input.normalization != "caffe":
+    raise ValueError("Keras ImageNet weights expect input.normalization='caffe' (BGR, mean "
+                     f"subtracted), not {config.input.normalization!r}")
+  template = jax.eval_shape(
+      lambda: model.backbone.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+  variables = pretrained.load_keras_resnet(path, dict(template))
+  logging.info("backbone weights from %s", path)
+  return {"params": {"backbone": variables["params"]},
+          "batch_stats": {"backbone": variables["batch_stats"]}}
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
