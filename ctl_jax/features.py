@@ -90,12 +90,12 @@ def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
       data = pipeline.eval_images(
           paths[lo:hi], None if crops is None else crops[lo:hi], {}, global_batch=batch,
           image_size=config.input.image_size, normalization=config.input.normalization)
-      glob, regions = [], []
+      writer = feature_cache.ShardWriter(root, kind, shard, hi - lo)
       for b in data.as_numpy_iterator():
         out = forward(variables, jax.device_put(b["image"], sharding.batch_sharded(mesh)))
-        glob.append(np.asarray(out["global"], np.float16))
+        real = int(b["_mask"].sum())  # padding rows come last
+        writer.append("global", np.asarray(out["global"][:real], np.float16))
         if kind == "scenes":
-          regions.append(np.asarray(out["regions"], np.float16))
-        bar.update(int(b["_mask"].sum()))
-      feature_cache.write_shard(root, kind, shard, np.concatenate(glob)[:hi - lo],
-                                np.concatenate(regions)[:hi - lo] if regions else None)
+          writer.append("regions", np.asarray(out["regions"][:real], np.float16))
+        bar.update(real)
+      writer.commit()

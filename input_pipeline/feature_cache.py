@@ -10,9 +10,11 @@ Layout of a cache folder:
     scenes-00000.regions.npy          [n, h, w, C] float16
     scenes-00000.done
 
-Shards are written to temporary names and renamed, with the `.done` marker last, so a killed
-extraction leaves only complete shards; rerunning redoes the rest. Reads memory-map the shards, so
-memory stays bounded by the batch, not the dataset.
+Shards are streamed to temporary files batch by batch and renamed, with the `.done` marker last,
+so a killed extraction leaves only complete shards (rerunning redoes the rest) and extraction
+holds one batch in memory, not a shard. Reads fetch rows with `pread` rather than a memory map,
+whose touched pages would count as resident memory growing with the dataset: reading memory is
+bounded by the batch too.
 """
 
 from __future__ import annotations
@@ -81,31 +83,78 @@ def read_index(root: Path) -> Manifest:
   return Manifest(**raw)
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-  tmp = path.with_name(path.name + ".tmp.npy")
-  np.save(tmp, array)
-  os.replace(tmp, path)
+class ShardWriter:
+  """Streams one shard's fields ('global', 'regions') to .npy files, batch by batch.
+
+  Usage: `append(field, rows)` as batches come, then `commit()`; nothing is visible under the
+  final names until `commit`, and the `.done` marker is written last.
+  """
+
+  def __init__(self, root: Path, kind: str, shard: int, num_rows: int):
+    self.stem = shard_stem(root, kind, shard)
+    self.num_rows = num_rows
+    self._files: dict[str, tuple] = {}  # field -> (file, rows written)
+
+  def _tmp(self, field: str) -> Path:
+    return Path(f"{self.stem}.{field}.npy.tmp")
+
+  def append(self, field: str, rows: np.ndarray) -> None:
+    rows = np.ascontiguousarray(rows, np.float16)
+    if field not in self._files:
+      f = open(self._tmp(field), "wb")
+      header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                "fortran_order": False, "shape": (self.num_rows,) + rows.shape[1:]}
+      np.lib.format.write_array_header_2_0(f, header)
+      self._files[field] = (f, 0)
+    f, written = self._files[field]
+    f.write(rows.tobytes())
+    self._files[field] = (f, written + len(rows))
+
+  def commit(self) -> None:
+    for field, (f, written) in self._files.items():
+      f.close()
+      if written != self.num_rows:
+        raise RuntimeError(f"{self.stem}.{field}: wrote {written} of {self.num_rows} rows")
+      os.replace(self._tmp(field), f"{self.stem}.{field}.npy")
+    Path(f"{self.stem}.done").write_text("")
 
 
-def write_shard(root: Path, kind: str, shard: int, global_features: np.ndarray,
-                regions: np.ndarray | None = None) -> None:
-  """Writes one complete shard (float16), the `.done` marker last."""
-  stem = shard_stem(root, kind, shard)
-  _save_atomic(Path(f"{stem}.global.npy"), np.asarray(global_features, np.float16))
-  if regions is not None:
-    _save_atomic(Path(f"{stem}.regions.npy"), np.asarray(regions, np.float16))
-  Path(f"{stem}.done").write_text("")
+class _RowFile:
+  """Random row access to a C-order .npy file through pread (no memory map)."""
+
+  def __init__(self, path: str):
+    self.fd = os.open(path, os.O_RDONLY)
+    with open(path, "rb") as f:
+      version = np.lib.format.read_magic(f)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      shape, fortran, dtype = read_header(f)
+      self.offset = f.tell()
+    if fortran:
+      raise DataError(f"{path}: Fortran-ordered arrays are not a feature cache")
+    self.shape, self.dtype = shape, dtype
+    self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+  def read_into(self, rows: np.ndarray, out: np.ndarray) -> None:
+    """Fills out[i] with row rows[i] (out is a C-contiguous [len(rows), ...] array)."""
+    view = out.reshape(len(rows), -1).view(np.uint8)
+    for i, r in enumerate(rows):
+      data = os.pread(self.fd, self.row_bytes, self.offset + int(r) * self.row_bytes)
+      view[i] = np.frombuffer(data, np.uint8)
+
+  def close(self) -> None:
+    os.close(self.fd)
 
 
 class FeatureCache:
-  """Read access to a complete cache: rows by key, gathered from memory-mapped shards."""
+  """Read access to a complete cache: rows by key, gathered from the shards with pread."""
 
   def __init__(self, root: str | os.PathLike):
     self.root = Path(root)
     self.manifest = read_index(self.root)
     self._rows = {kind: {k: i for i, k in enumerate(keys)}
                   for kind, keys in self.manifest.keys.items()}
-    self._arrays: dict[tuple[str, str], list[np.ndarray]] = {}
+    self._files: dict[tuple[str, str], list[_RowFile]] = {}
     for kind in self.manifest.keys:
       missing = [s for s in range(self.manifest.num_shards(kind))
                  if not is_complete(self.root, kind, s)]
@@ -124,12 +173,15 @@ class FeatureCache:
       out.append(table[k])
     return np.asarray(out, np.int64)
 
-  def _shards(self, kind: str, field: str) -> list[np.ndarray]:
-    if (kind, field) not in self._arrays:
-      self._arrays[(kind, field)] = [
-          np.load(f"{shard_stem(self.root, kind, s)}.{field}.npy", mmap_mode="r")
+  def _shards(self, kind: str, field: str) -> list[_RowFile]:
+    if (kind, field) not in self._files:
+      self._files[(kind, field)] = [
+          _RowFile(f"{shard_stem(self.root, kind, s)}.{field}.npy")
           for s in range(self.manifest.num_shards(kind))]
-    return self._arrays[(kind, field)]
+    return self._files[(kind, field)]
+
+  def row_shape(self, kind: str, field: str) -> tuple[int, ...]:
+    return tuple(self._shards(kind, field)[0].shape[1:])
 
   def gather(self, kind: str, field: str, rows: np.ndarray) -> np.ndarray:
     """Rows (any shape of ids) of `field` ('global' or 'regions'), as float16."""
@@ -137,9 +189,17 @@ class FeatureCache:
     flat = rows.reshape(-1)
     shards = self._shards(kind, field)
     size = self.manifest.shard_size
-    out = np.empty((len(flat),) + shards[0].shape[1:], np.float16)
+    out = np.empty((len(flat),) + self.row_shape(kind, field), np.float16)
     shard_ids = flat // size
     for s in np.unique(shard_ids):
       at = np.flatnonzero(shard_ids == s)
-      out[at] = shards[s][flat[at] - s * size]
+      part = np.empty((len(at),) + out.shape[1:], np.float16)
+      shards[s].read_into(flat[at] - s * size, part)
+      out[at] = part
     return out.reshape(rows.shape + out.shape[1:])
+
+  def close(self) -> None:
+    for files in self._files.values():
+      for f in files:
+        f.close()
+    self._files.clear()

@@ -155,8 +155,8 @@ def train_features(sampler: TripletSampler, cache: FeatureCache, scene_rows: np.
   """
   local = local_batch_size(global_batch, process_count)
   num_neg = sampler.num_negatives
-  g = cache.gather("products", "global", np.zeros(1, np.int64)).shape[-1]
-  region_shape = cache.gather("scenes", "regions", np.zeros(1, np.int64)).shape[1:]
+  g = cache.row_shape("products", "global")[-1]
+  region_shape = cache.row_shape("scenes", "regions")
   k = sampler.scene_products.shape[1]
   spec = {
       "scene_global": tf.TensorSpec([local, g], tf.float16),
