@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import collections
+from typing import Any, Collection, Iterable, Sequence
 
 import jax
 import numpy as np
@@ -37,3 +38,21 @@ def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def prefetch_to_device(host_batches: Iterable[dict[str, Any]], mesh: Mesh, size: int = 2,
+                       keys: Collection[str] | None = None):
+  """Yields (host batch, global device batch of its `keys`), the device copies `size` ahead.
+
+  Transfers are asynchronous, so while the step runs on batch t the next batches are already on
+  their way to the devices: the step does not wait on a host-to-device copy. The host batch
+  comes along for bookkeeping (signatures in logs).
+  """
+  queue = collections.deque()
+  for batch in host_batches:
+    selected = batch if keys is None else {k: v for k, v in batch.items() if k in keys}
+    queue.append((batch, to_global(selected, mesh)))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -155,14 +155,16 @@ def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainStat
                  c.train.num_steps)
     return state
   step_fn = make_train_step(run, state)
-  batches = train_batches(run, start, run.feature_cache(state))
+  batches = sharding.prefetch_to_device(train_batches(run, start, run.feature_cache(state)),
+                                       run.mesh, size=c.input.prefetch,
+                                       keys=run.task.step_inputs)
   log = MetricsLog(run.workdir)
   meta = run.meta()
   batch_size = c.input.batch_size
   t0, window_start = time.perf_counter(), start
   for step in range(start + 1, last + 1):
-    host_batch = next(batches)
-    state, metrics = step_fn(state, sharding.to_global(step_inputs(run, host_batch), run.mesh))
+    _, device_batch = next(batches)
+    state, metrics = step_fn(state, device_batch)
     if step % c.train.log_every_steps == 0 or step == c.train.num_steps:
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(values["loss"]):

@@ -75,3 +75,30 @@ def test_frozen_backbone_has_no_gradients_or_optimizer_state(smoke_config, freez
       jax.tree.leaves(before.params["heads"]), jax.tree.leaves(after.params["heads"])))
   assert heads_changed
   assert backbone_changed == (not freeze) and stats_changed == (not freeze)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_the_float32_loss(smoke_config):
+  """model.dtype='bfloat16' computes in bf16 (accelerators) with the same f32 parameters."""
+  mesh = sharding.make_mesh()
+  size = smoke_config.input.image_size
+  rng = np.random.default_rng(0)
+  batch = sharding.to_global(
+      {"scene": rng.normal(size=(8, size, size, 3)).astype(np.float32),
+       "positive": rng.normal(size=(8, size, size, 3)).astype(np.float32),
+       "negative": rng.normal(size=(8, 1, size, size, 3)).astype(np.float32),
+       "category": np.arange(8, dtype=np.int32) % 4}, mesh)
+  tx, _ = train_state.make_optimizer(smoke_config.optimizer, 10)
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    smoke_config.model.dtype = dtype
+    model = train_state.create_model(smoke_config.model, num_categories=4)
+    state = train_state.create_train_state(model, tx, jax.random.PRNGKey(0), size, mesh)
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+    jaxpr = str(jax.make_jaxpr(lambda x: model.apply(state.variables(), x,
+                                                     method=model.features))(batch["scene"]))
+    assert ("bf16[" in jaxpr) == (dtype == "bfloat16")  # the convolutions compute in `dtype`
+    losses[dtype] = float(jax.jit(functools.partial(
+        steps.triplet_loss, model=model, margin=1.0, reduction="mean"))(
+            state.params, state, batch)[0])
+  assert losses["float32"] > 0
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
