@@ -90,10 +90,11 @@ _merge = jax.jit(merge_top_k, static_argnames="k")
 
 
 class Ranker:
-  """Exact top-K by inner product over an augmented catalogue [M, D + 1].
+  """Exact top-K by inner product of augmented queries with the rows [f_p, ||f_p||^2].
 
   Args:
-    catalogue: rows [f_p, ||f_p||^2] (see `augment_catalogue`); a numpy array or a memory map.
+    embeddings: [M, D] product embeddings f_p (a numpy array or a memory-mapped .npy, any float
+      dtype); they are augmented (see `augment_catalogue`) chunk by chunk as they go to devices.
     mesh: devices to split rows over (default: every device, one `data` axis).
     chunk_rows: stream the catalogue through the devices this many rows at a time (None: keep
       it all on the devices). Use it when the catalogue does not fit in device memory.
@@ -101,18 +102,18 @@ class Ranker:
       scanned; the inner products accumulate in float32 either way).
   """
 
-  def __init__(self, catalogue, *, mesh=None, chunk_rows: int | None = None,
+  def __init__(self, embeddings, *, mesh=None, chunk_rows: int | None = None,
                dtype=jnp.float32):
-    if catalogue.ndim != 2 or catalogue.shape[0] == 0:
-      raise ValueError(f"empty or malformed catalogue of shape {catalogue.shape}: export "
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+      raise ValueError(f"empty or malformed catalogue of shape {embeddings.shape}: export "
                        "at least one product")
     self.mesh = sharding.make_mesh() if mesh is None else mesh
-    self.num_rows, self.width = catalogue.shape
+    self.num_rows, self.width = embeddings.shape[0], embeddings.shape[1] + 1
     self.dtype = dtype
     n = self.mesh.size
     chunk = self.num_rows if chunk_rows is None else min(chunk_rows, self.num_rows)
     self.chunk_rows = -(-chunk // n) * n  # every device gets the same number of rows
-    self._host = catalogue
+    self._host = embeddings
     self._rows_sharding = NamedSharding(self.mesh, P(sharding.DATA_AXIS))
     self._resident = (self._put(0) if self.chunk_rows >= self.num_rows else None)
 
@@ -122,7 +123,7 @@ class Ranker:
 
   def _put(self, start: int) -> jax.Array:
     """Rows [start, start + chunk_rows) on the devices, zero-padded to a full chunk."""
-    block = np.asarray(self._host[start:start + self.chunk_rows], np.float32)
+    block = augment_catalogue(self._host[start:start + self.chunk_rows])
     if len(block) < self.chunk_rows:
       block = np.concatenate([block, np.zeros((self.chunk_rows - len(block), self.width),
                                               np.float32)])
