@@ -127,9 +127,9 @@ def export_savedmodels(scene: SceneModel, out: str | os.PathLike) -> dict[str, s
 
   def save(name, fn, specs, poly):
     module = tf.Module()
-    module.variables = tf.nest.map_structure(tf.Variable, variables)
+    module.weights = tf.nest.map_structure(tf.Variable, variables)
     converted = jax2tf.convert(fn, polymorphic_shapes=[None] + poly, with_gradient=False)
-    module.serve = tf.function(lambda *args: converted(module.variables, *args),
+    module.serve = tf.function(lambda *args: converted(module.weights, *args),
                                input_signature=specs, autograph=False)
     path = os.path.join(out, name)
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
