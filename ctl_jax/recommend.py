@@ -143,19 +143,25 @@ def product_flow(config, workdir: str, cat: catalogue_lib.Catalogue, image_path:
     weights = {c: 1.0 for c in categories}
   else:
     weights = dict(predictor.complementary_categories(predicted, top_k=max_categories))
-  return (product_items(cat, out["style"][0], weights, k), predicted, weights)
+  # The query item itself is no recommendation when it is in the catalogue (file named by sig).
+  exclude = {os.path.splitext(os.path.basename(image_path))[0]}
+  return (product_items(cat, out["style"][0], weights, k, exclude), predicted, weights)
 
 
 def product_items(cat: catalogue_lib.Catalogue, style: np.ndarray, weights: dict[str, float],
-                  k: int) -> list[Item]:
-  """Blend of the categories in `weights` ranked by squared L2 distance to `style`."""
+                  k: int, exclude: set[str] = frozenset()) -> list[Item]:
+  """Blend of the categories in `weights` ranked by squared L2 distance to `style`, leaving out
+  the signatures in `exclude`."""
   available = {c: w for c, w in weights.items()
                if c in cat.manifest["categories"] and cat.manifest["categories"][c]["count"]}
   if not available:
     raise ValueError(f"none of the categories {list(weights)} has products in {cat.root}")
   query, const = ranker.l2_query(np.asarray(style)[None])
-  lists = {c: rank_category(cat, c, np.asarray(query[0]), float(const[0]),
-                            min(k, cat.manifest["categories"][c]["count"])) for c in available}
+  lists = {}
+  for c in available:
+    n = min(k + len(exclude), cat.manifest["categories"][c]["count"])
+    ranked = rank_category(cat, c, np.asarray(query[0]), float(const[0]), n)
+    lists[c] = [it for it in ranked if it.signature not in exclude][:k]
   order = sorted(available, key=lambda c: -available[c])
   return blend(lists, k, proportional_quotas(available, k), order)
 

@@ -155,3 +155,6 @@ def test_product_query_ranks_by_style_distance_and_blends(tmp_path):
   # Hats has no products: Pants 0.6 and Bags 0.2 share 5 slots 4:1, Pants first.
   assert [it.signature for it in items] == [best(1)[0], best(2)[0], *best(1)[1:4]]
   np.testing.assert_allclose(items[0].distance, d[int(best(1)[0][1:])], rtol=1e-5)
+  without = recommend.product_items(catalogue.Catalogue(tmp_path), style, {"Pants": 1.0}, 3,
+                                    exclude={best(1)[0]})  # the query item itself
+  assert [it.signature for it in without] == best(1)[1:4]
