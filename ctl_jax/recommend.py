@@ -193,16 +193,21 @@ def write_report(out: str, title: str, image_path: str, items: list[Item],
 
 def recommend(workdir: str, *, scene: str | None = None, product: str | None = None,
               categories: list[str] | None = None, k: int = 10, quota: int = 0,
-              embeddings: str | None = None, out: str | None = None, config=None) -> dict:
-  """The whole command: rank, print, write the report. Returns the items and report paths."""
+              embeddings: str | None = None, out: str | None = None, config=None,
+              scene_model=None) -> dict:
+  """The whole command: rank, print, write the report. Returns the items and report paths.
+
+  Args:
+    scene_model: an already restored `serving.SceneModel` of `workdir` (default: restore it).
+  """
   if (scene is None) == (product is None):
     raise ValueError("pass exactly one of --scene IMG or --product IMG")
   cat = catalogue_lib.Catalogue(embeddings or os.path.join(workdir, "export"))
   out = out or os.path.join(workdir, "recommend")
   from ctl_jax import serving  # restores checkpoints: imported when a command runs
   if scene is not None:
-    items, attention = scene_flow(serving.restore_scene_model(workdir, config), cat, scene,
-                                  categories, k, quota)
+    scene_model = scene_model or serving.restore_scene_model(workdir, config)
+    items, attention = scene_flow(scene_model, cat, scene, categories, k, quota)
     title, query = f"Complete the look: {os.path.basename(scene)}", scene
   else:
     config = config or serving.config_from_meta(serving.open_checkpoint(workdir)[2])

@@ -1,5 +1,6 @@
 """Export, recommend and their errors, on a checkpoint of the smoke model and the generated data."""
 
+import functools
 import json
 import re
 
@@ -59,7 +60,8 @@ def test_export_is_readable_without_our_code(exported, scene_model):
   name = data.categories[0]
   member = [i for i, c in enumerate(table["category"]) if c == name][:3]
   images = np.stack([recommend.load_model_input(table["image"][i], config) for i in member])
-  expected = serving.product_encoder(scene.model, scene.state.variables(), images)["embedding"]
+  encode = jax.jit(functools.partial(serving.product_encoder, scene.model))
+  expected = encode(scene.state.variables(), images)["embedding"]
   rows = np.load(f"{root}/{manifest['categories'][name]['file']}")
   np.testing.assert_allclose(rows[[table["row"][i] for i in member]], expected, atol=1e-5)
 
@@ -68,13 +70,13 @@ def test_recommend_equals_brute_force_hybrid_distances(exported, scene_model, tm
   config, workdir, manifest, data = exported
   cat_name = max(manifest["categories"], key=lambda c: manifest["categories"][c]["count"])
   out = recommend.recommend(workdir, scene=_scene_image(data), categories=[cat_name], k=6,
-                            out=str(tmp_path / "report"))
+                            out=str(tmp_path / "report"), scene_model=scene_model)
   # Brute force: the model's hybrid distance to every product of the category.
   scene = scene_model
   image = recommend.load_model_input(_scene_image(data), config)
-  f_s, f_i, attn = scene.model.apply(scene.state.variables(), image[None],
-                                     jnp.asarray([scene.categories.index(cat_name)]),
-                                     method=serving.scene_parts)
+  parts = jax.jit(functools.partial(scene.model.apply, method=serving.scene_parts))
+  f_s, f_i, attn = parts(scene.state.variables(), image[None],
+                         jnp.asarray([scene.categories.index(cat_name)]))
   cat = catalogue.Catalogue(f"{workdir}/export")
   products = np.asarray(cat.embeddings(cat_name))
   d = np.asarray(distances.hybrid_distance(f_s, f_i, attn.reshape(1, -1), products[None]))[0]
