@@ -90,6 +90,8 @@ def export():
   config = FLAGS.config or serving.config_from_meta(serving.open_checkpoint(FLAGS.workdir)[2])
   out = FLAGS.out or f"{FLAGS.workdir}/export"
   manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out, FLAGS.dtype)
+  if not manifest:  # written by process 0
+    return
   print(f"exported {manifest['num_products']} products (step {manifest['model_step']}, "
         f"{manifest['embed_dim']}-d {manifest['dtype']}) to {out}")
   if FLAGS.savedmodel:
