@@ -1,21 +1,35 @@
-"""ctl-jax command line: train | evaluate | extract-features | generate-data.
+"""ctl-jax command line: train | evaluate | extract-features | export | recommend | generate-data.
 
   python run.py generate-data --out DIR --scenes N --seed S
   python run.py train --config configs/demo.py --workdir W [--config.field=value ...]
   python run.py evaluate --config configs/demo.py --workdir W
   python run.py extract-features --config configs/demo.py --workdir W
+  python run.py export --config configs/demo.py --workdir W --catalogue DIR|features [--savedmodel]
+  python run.py recommend --workdir W --scene IMG|--product IMG [--category C] [-k 10] [--out DIR]
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, eval_metrics.json.")
-flags.DEFINE_string("out", None, "generate-data: output folder.")
+flags.DEFINE_string("out", None, "generate-data: output folder; export: catalogue folder "
+                    "(default W/export); recommend: report folder (default W/recommend).")
 flags.DEFINE_integer("scenes", 3000, "generate-data: number of scene photos (STL format).")
 flags.DEFINE_integer("outfits", None, "generate-data: number of outfit collages (CTL format); "
                      "default: as many as scenes.")
 flags.DEFINE_enum("format", "both", ["stl", "ctl", "both"], "generate-data: which formats.")
 flags.DEFINE_integer("seed", 0, "generate-data: seed (same seed, same bytes).")
+flags.DEFINE_string("catalogue", None, "export: a catalogue folder (fashion-cat.json + images/) "
+                    "or 'features' (the training products, from the feature cache).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "export: embedding file dtype.")
+flags.DEFINE_bool("savedmodel", False, "export: also write TF SavedModels of the encoders.")
+flags.DEFINE_string("scene", None, "recommend: scene image to complete.")
+flags.DEFINE_string("product", None, "recommend: product image (product-task model).")
+flags.DEFINE_list("category", [], "recommend: categories to rank (default: all, blended).")
+flags.DEFINE_integer("k", 10, "recommend: number of products.")
+flags.DEFINE_integer("quota", 0, "recommend: products per category when blending "
+                     "(default ceil(k / categories)).")
+flags.DEFINE_string("embeddings", None, "recommend: exported catalogue (default W/export).")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 FLAGS = flags.FLAGS
 
@@ -31,7 +45,7 @@ def _quiet_library_logs():
 def main(argv):
   _quiet_library_logs()
   commands = {"train": train, "evaluate": evaluate, "extract-features": extract_features,
-              "generate-data": generate_data}
+              "export": export, "recommend": recommend, "generate-data": generate_data}
   if len(argv) != 2 or argv[1] not in commands:
     raise app.UsageError(f"usage: run.py {{{'|'.join(commands)}}} [flags]")
   commands[argv[1]]()
@@ -67,6 +81,32 @@ def extract_features():
   _hide_gpus_from_tensorflow()
   from ctl_jax import train as train_lib
   train_lib.extract_features(FLAGS.config, FLAGS.workdir)
+
+
+def export():
+  _need("workdir", "catalogue")
+  _hide_gpus_from_tensorflow()
+  from ctl_jax import export as export_lib, serving
+  config = FLAGS.config or serving.config_from_meta(serving.open_checkpoint(FLAGS.workdir)[2])
+  out = FLAGS.out or f"{FLAGS.workdir}/export"
+  manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out, FLAGS.dtype)
+  if not manifest:  # written by process 0
+    return
+  print(f"exported {manifest['num_products']} products (step {manifest['model_step']}, "
+        f"{manifest['embed_dim']}-d {manifest['dtype']}) to {out}")
+  if FLAGS.savedmodel:
+    paths = serving.export_savedmodels(serving.restore_scene_model(FLAGS.workdir, config),
+                                       f"{out}/savedmodel")
+    print("SavedModels: " + ", ".join(paths.values()))
+
+
+def recommend():
+  _need("workdir")
+  _hide_gpus_from_tensorflow()
+  from ctl_jax import recommend as recommend_lib
+  recommend_lib.recommend(FLAGS.workdir, scene=FLAGS.scene, product=FLAGS.product,
+                          categories=FLAGS.category, k=FLAGS.k, quota=FLAGS.quota,
+                          embeddings=FLAGS.embeddings, out=FLAGS.out, config=FLAGS.config)
 
 
 def generate_data():

@@ -48,6 +48,14 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state(like)), meta=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["meta"])
 
+  def restore_meta(self, step: int | None = None) -> dict:
+    """The run record saved at `step` (default latest) without reading the state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

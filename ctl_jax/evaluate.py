@@ -171,10 +171,14 @@ class Embedder:
   def products(self, state, ds: SceneDataset) -> np.ndarray:
     """[num_products, D] embeddings of every catalogue product."""
     if self.cache is None:
-      batches = (({"image": b["image"]}) for b in self._images(ds.product_paths, None, {}))
-    else:
-      batches = self._cached("products", self.cache.rows("products", ds.stl.products), {})
+      return self.product_images(state, ds.product_paths)
+    batches = self._cached("products", self.cache.rows("products", ds.stl.products), {})
     return self._run(self._product, state, batches, "embedding", len(ds.stl.products))
+
+  def product_images(self, state, paths: list[str]) -> np.ndarray:
+    """[len(paths), D] embeddings of whole product images (needs an Embedder without cache)."""
+    batches = ({"image": b["image"]} for b in self._images(paths, None, {}))
+    return self._run(self._product, state, batches, "embedding", len(paths))
 
   def test_queries(self, state, ds: SceneDataset) -> np.ndarray:
     """[num_test_pairs, D] ranking queries of the cropped test scenes."""

@@ -1,0 +1,148 @@
+"""The exported catalogue: product embeddings per category in open formats, plus a manifest.
+
+  <out>/manifest.json           model step and fingerprint, kind of distance, dimensions, files
+  <out>/products.parquet        one row per product: signature, category, category_id, row, image
+  <out>/embeddings/<NNN>_<category>.npy   [n_c, D] float16 or float32, rows in `row` order
+
+numpy (`np.load`), pyarrow or pandas (`pd.read_parquet`) and FAISS-style inner-product indexes read
+these without our code. How to rank with them is in the manifest's `distance` text: for the scene
+model, d(s, p) = c_s - v.f_p + ||f_p||^2 with the ranking query v = f_s + q_c (see ranker.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+METADATA = "products.parquet"
+EMBEDDINGS_DIR = "embeddings"
+DTYPES = ("float16", "float32")
+DISTANCES = {
+    "scene_hybrid": ("hybrid distance of the scene model: d(s, p) = c_s - v.f_p + ||f_p||^2 with "
+                     "v = f_s + q_c (c_s = 1 and d = 2 - v.f_p for unit vectors); rank by the "
+                     "largest inner product [v, -1].[f_p, ||f_p||^2]"),
+    "style_l2": ("squared L2 distance of product style vectors: d(x, p) = ||x - f_p||^2; rank by "
+                 "the largest inner product [2x, -1].[f_p, ||f_p||^2]"),
+}
+
+
+class ManifestMismatch(ValueError):
+  """The embeddings were exported from another model (step, config or categories)."""
+
+
+def model_fingerprint(config, categories: list[str]) -> str:
+  """Hash of what makes embeddings comparable: task, model settings, input size, categories."""
+  model = json.loads(config.model.to_json_best_effort())
+  model.pop("backbone_weights", None)  # where the initial weights came from, not the model
+  desc = {"task": config.task, "model": model,
+          "image_size": config.input.image_size, "normalization": config.input.normalization,
+          "categories": list(categories)}
+  return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def category_file(index: int, name: str) -> str:
+  """A file name that is safe on every file system and unique even when names differ by case."""
+  return f"{EMBEDDINGS_DIR}/{index:03d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.npy"
+
+
+def write(out: str | os.PathLike, embeddings: np.ndarray, signatures: list[str],
+          category_ids: np.ndarray, categories: list[str], images: list[str], *, kind: str,
+          step: int, fingerprint: str, dtype: str = "float32", extra: dict | None = None) -> dict:
+  """Writes the catalogue of `embeddings` [N, D] and returns the manifest.
+
+  Args:
+    category_ids: [N] index into `categories` of each product.
+    images: [N] image file of each product (for reports; may be empty strings).
+  """
+  if kind not in DISTANCES:
+    raise ValueError(f"kind={kind!r}; choose from {list(DISTANCES)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype={dtype!r}; choose from {list(DTYPES)}")
+  if len(signatures) == 0:
+    raise ValueError("the catalogue is empty: no product could be embedded")
+  out = Path(out)
+  (out / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
+  category_ids = np.asarray(category_ids)
+  rows = np.zeros(len(signatures), np.int64)
+  entries = {}
+  for c, name in enumerate(categories):
+    members = np.flatnonzero(category_ids == c)
+    rows[members] = np.arange(len(members))
+    entries[name] = {"id": c, "count": int(len(members)), "file": None}
+    if len(members):
+      entries[name]["file"] = category_file(c, name)
+      np.save(out / entries[name]["file"], np.asarray(embeddings[members], dtype))
+  table = pa.table({"signature": list(signatures),
+                    "category": [categories[c] for c in category_ids],
+                    "category_id": category_ids.astype(np.int32), "row": rows,
+                    "image": [str(p) for p in images]})
+  pq.write_table(table, out / METADATA)
+  manifest = {"format_version": FORMAT_VERSION, "kind": kind, "distance": DISTANCES[kind],
+              "model_step": int(step), "model_fingerprint": fingerprint,
+              "embed_dim": int(embeddings.shape[1]), "dtype": dtype,
+              "num_products": len(signatures), "metadata": METADATA, "categories": entries,
+              **(extra or {})}
+  (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+  return manifest
+
+
+class Catalogue:
+  """A read-only exported catalogue; arrays are memory-mapped, loaded per category on demand."""
+
+  def __init__(self, root: str | os.PathLike):
+    self.root = Path(root)
+    path = self.root / MANIFEST
+    if not path.exists():
+      raise FileNotFoundError(f"no {MANIFEST} in {self.root}: run `run.py export` first")
+    self.manifest = json.loads(path.read_text())
+    if self.manifest.get("format_version") != FORMAT_VERSION:
+      raise ManifestMismatch(f"{path}: format_version {self.manifest.get('format_version')}, "
+                             f"this code reads {FORMAT_VERSION}: re-run `run.py export`")
+    self._table = None
+
+  @property
+  def categories(self) -> list[str]:
+    """Every category of the model (some may have no products)."""
+    return list(self.manifest["categories"])
+
+  def check_model(self, step: int, fingerprint: str) -> None:
+    """ManifestMismatch unless the embeddings come from this step and model fingerprint."""
+    m = self.manifest
+    if (m["model_step"], m["model_fingerprint"]) != (step, fingerprint):
+      raise ManifestMismatch(
+          f"{self.root / MANIFEST} holds embeddings of step {m['model_step']} (model "
+          f"{m['model_fingerprint']}) but the checkpoint is step {step} (model {fingerprint}): "
+          f"re-run `run.py export` for this checkpoint")
+
+  def check_category(self, category: str) -> dict:
+    entries = self.manifest["categories"]
+    if category not in entries:
+      raise KeyError(f"unknown category {category!r}; valid categories: "
+                     f"{', '.join(sorted(entries))}")
+    if entries[category]["count"] == 0:
+      raise ValueError(f"category {category!r} has no products in {self.root}")
+    return entries[category]
+
+  def embeddings(self, category: str) -> np.ndarray:
+    """[n_c, D] embeddings of `category` (memory-mapped)."""
+    return np.load(self.root / self.check_category(category)["file"], mmap_mode="r")
+
+  def products(self, category: str) -> dict[str, np.ndarray]:
+    """Columns of the metadata table for `category`, in row order."""
+    if self._table is None:
+      t = pq.read_table(self.root / METADATA)
+      self._table = {k: np.asarray(t.column(k).to_pylist(), object if k != "row" else np.int64)
+                     for k in ("signature", "category", "image", "row")}
+    t = self._table
+    members = np.flatnonzero(t["category"] == category)
+    members = members[np.argsort(t["row"][members])]
+    return {k: t[k][members] for k in ("signature", "image", "row")}
