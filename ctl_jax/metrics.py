@@ -44,3 +44,42 @@ def mean_rank(d_pos: np.ndarray, d_neg: np.ndarray, valid: np.ndarray | None = N
   """Expected 1-based rank of the positive (ties at their mean position)."""
   closer, tied, _ = _closer_and_tied(d_pos, d_neg, valid)
   return float(np.mean(1.0 + closer + 0.5 * tied))
+
+
+def recall_at_k(d: np.ndarray, positive: np.ndarray, ks, valid: np.ndarray | None = None,
+                reduce: bool = True):
+  """R@K of the product-based protocol (Li et al. 2020): positives in the top K / min(P, K).
+
+  Each row ranks a corpus by distance `d`; `positive` marks the row's P positives. With ties in
+  random order, positive i lands in the top K with probability clip((K - c_i) / (t_i + 1), 0, 1),
+  where c_i corpus items are strictly closer and t_i others tie with it, so the expected count
+  of positives in the top K is the sum of those probabilities (exact for any tie pattern).
+
+  Args:
+    d: [M, N] distances of each query to its corpus.
+    positive: [M, N] bool, the query's positives (rows without one are an error).
+    ks: the cut-offs.
+    valid: [M, N] optional mask of real corpus entries (rows may hold fewer than N).
+    reduce: mean over rows (default), or return the [M] values per K.
+
+  Returns:
+    {K: mean R@K} (or {K: [M] R@K per row} when not `reduce`).
+  """
+  d = np.asarray(d, np.float64)
+  valid = np.ones(d.shape, bool) if valid is None else np.asarray(valid, bool)
+  positive = np.asarray(positive, bool) & valid
+  num_pos = positive.sum(axis=1)
+  if np.any(num_pos == 0):
+    raise ValueError(f"{int(np.sum(num_pos == 0))} rows have no positive in their corpus")
+  out = {k: np.zeros(len(d)) for k in ks}
+  for j in range(positive.shape[1]):  # scan positives column by column: [M, N] work each
+    rows = np.flatnonzero(positive[:, j])
+    if len(rows) == 0:
+      continue
+    dj = d[rows, j][:, None]
+    closer = np.sum((d[rows] < dj) & valid[rows], axis=1)
+    tied = np.sum((d[rows] == dj) & valid[rows], axis=1) - 1  # minus itself
+    for k in ks:
+      out[k][rows] += np.clip((k - closer) / (tied + 1.0), 0.0, 1.0)
+  per_row = {k: out[k] / np.minimum(num_pos, k) for k in ks}
+  return {k: float(np.mean(v)) for k, v in per_row.items()} if reduce else per_row
