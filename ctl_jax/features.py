@@ -1,7 +1,9 @@
 """Frozen-backbone feature extraction into the on-disk cache (see input_pipeline/feature_cache.py).
 
-Each unique image the task needs (its `cache_items`: for the scene task every product and every
-(scene, crop) of the train and test pairs) is run through the backbone once. Shards are assigned round-robin to processes and each
+Each unique image the task needs (its `cache_items`, {kind: (keys, paths, crops)}: for the scene
+task every product and every (scene, crop) of the train and test pairs, for the product task every
+item crop) is run through the backbone once; kinds in the task's `region_kinds` also keep the
+region map. Shards are assigned round-robin to processes and each
 process runs its shards on its own devices, so extraction scales over hosts without collectives.
 The cache folder is named by a fingerprint of the backbone weights, the preprocessing and the
 items, so a changed backbone or dataset never reads stale features.
@@ -19,7 +21,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from ctl_jax import models, sharding
+from ctl_jax import sharding
 from input_pipeline import feature_cache, pipeline
 
 
@@ -45,7 +47,7 @@ def cache_root(config, workdir: str, state, items) -> tuple[Path, feature_cache.
                  "weights": weights_hash(backbone_variables(state)),
                  "image_size": config.input.image_size,
                  "normalization": config.input.normalization, "dtype": config.model.dtype}
-  keys = {kind: items[kind][0] for kind in feature_cache.KINDS}
+  keys = {kind: items[kind][0] for kind in items}
   fp = feature_cache.fingerprint(description, keys)
   base = Path(config.data.feature_dir or os.path.join(workdir, "features"))
   manifest = feature_cache.Manifest(fingerprint=fp, description=description,
@@ -58,7 +60,7 @@ def extract_features(run, state) -> feature_cache.FeatureCache:
   config = run.config
   items = run.task.cache_items(run.data)
   root, manifest = cache_root(config, run.workdir, state, items)
-  todo = [(kind, s) for kind in feature_cache.KINDS for s in range(manifest.num_shards(kind))
+  todo = [(kind, s) for kind in items for s in range(manifest.num_shards(kind))
           if s % jax.process_count() == jax.process_index()
           and not feature_cache.is_complete(root, kind, s)]
   if todo:
@@ -74,7 +76,7 @@ def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
     feature_cache.write_index(root, manifest)
   mesh = sharding.make_mesh(jax.local_devices())  # each process runs its own shards
   variables = jax.device_put(backbone_variables(state), sharding.replicated(mesh))
-  forward = jax.jit(lambda v, x: run.model.apply(v, x, method=models.CTLModel.features),
+  forward = jax.jit(lambda v, x: run.model.apply(v, x, method="features"),
                     in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                     out_shardings=sharding.replicated(mesh))
   batch = config.features.batch_size
@@ -95,7 +97,7 @@ def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
         out = forward(variables, jax.device_put(b["image"], sharding.batch_sharded(mesh)))
         real = int(b["_mask"].sum())  # padding rows come last
         writer.append("global", np.asarray(out["global"][:real], np.float16))
-        if kind == "scenes":
+        if kind in run.task.region_kinds:
           writer.append("regions", np.asarray(out["regions"][:real], np.float16))
         bar.update(real)
       writer.commit()

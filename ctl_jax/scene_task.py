@@ -24,12 +24,17 @@ class SceneTask:
   step_inputs = ("scene", "positive", "negative", "scene_global", "scene_regions",
                  "positive_global", "negative_global", "category", "positive_index",
                  "negative_index", "scene_products")
+  region_kinds = ("scenes",)  # feature-cache kinds that also keep the region map
 
   def load_data(self, config) -> scene_data.SceneDataset:
     return scene_data.load_scene_dataset(config.data)
 
   def categories(self, data: scene_data.SceneDataset) -> list[str]:
     return data.categories
+
+  def checkpoint_meta(self, data: scene_data.SceneDataset) -> dict:
+    """Task-specific facts saved with every checkpoint, besides the config and categories."""
+    return {}
 
   def create_model(self, config, data: scene_data.SceneDataset):
     return train_state.create_model(config.model, len(data.categories))

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ctl_jax import (checkpoint, evaluate, features, pretrained, scene_task, sharding,
-                     train_state)
+from ctl_jax import (checkpoint, evaluate, features, pretrained, product_task, scene_task,
+                     sharding, train_state)
 from input_pipeline import feature_cache
 
-TASKS = {"scene": scene_task.SceneTask}
+TASKS = {"scene": scene_task.SceneTask, "product": product_task.ProductTask}
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ class Run:
 
   def meta(self) -> dict:
     return {"config": json.loads(self.config.to_json_best_effort()),
-            "categories": self.task.categories(self.data)}
+            "categories": self.task.categories(self.data), **self.task.checkpoint_meta(self.data)}
 
   def restore_or_init(self) -> train_state.TrainState:
     """Latest checkpoint of the workdir if any, else a fresh state."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from input_pipeline.drops import DataError
 
-KINDS = ("products", "scenes")
+KINDS = ("products", "scenes")  # the scene task's kinds; a task names its own in cache_items
 INDEX = "index.json"
 
 

@@ -1,0 +1,61 @@
+"""Product-based CTL (Li et al., KDD 2020), paper settings: ResNet-50 at 224 px, style extractor
+(two FC layers, BatchNorm, dropout 0.5, 128-d, L2-normalised) and category classifier trained
+jointly, triplet loss with category-restricted negatives; R@{1,5,10} over corpora of 200 items
+from outfits of exactly five items, and FITB over four choices.
+
+Train on a CTL-format folder (raw_train.tsv, raw_test.tsv, triplet_train.tsv, fitb_eval.json,
+images/<collage sig>.jpg):
+
+  python run.py train --config configs/product_default.py --workdir runs/ctl \
+      --config.data.root=/data/ctl \
+      --config.model.backbone_weights=/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
+
+The paper's other training methods are config overrides (see README, "Product-based CTL"):
+  --config.loss.negatives=random                         triplet, random negatives
+  --config.loss.name=contrastive                         siamese, 1:1 negatives:positives
+  --config.loss.name=contrastive --config.loss.num_negatives=16    siamese, 16:1
+  --config.loss.name=proxy                               classification with sampled proxies
+This is also the base of every product config: it defines the product task's fields.
+Hardware: an accelerator (the backbone is fine-tuned); a 2-core CPU runs it only very slowly.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.task = "product"
+
+  config.data.format = "ctl"
+  config.data.root = ""  # a CTL-format folder
+  # Fraction of training outfits kept (deterministic by signature, nested: the outfits of a
+  # smaller fraction are among those of a larger one). The training-set-size sweep varies it.
+  config.data.train_fraction = 1.0
+  # sample: the paper's sampler, every epoch anew | file: the triplets of triplet_train.tsv
+  config.data.triplets = "sample"
+
+  config.input.batch_size = 64
+
+  # The paper trains the style extractor and classifier on top of a pretrained CNN, end to end.
+  config.model.freeze_backbone = False
+  config.model.embed_dim = 128
+  config.model.style_hidden = 512
+  config.model.classifier_hidden = 512
+  config.model.dropout = 0.5
+
+  config.loss.name = "triplet"  # triplet | contrastive | proxy
+  config.loss.negatives = "category"  # category (positive's category) | random (any item)
+  config.loss.num_negatives = 1  # per (anchor, positive): 1 or 16 for the 1:1 / 16:1 siamese
+  config.loss.margin = 0.2  # triplet hinge margin on squared distances
+  config.loss.contrastive_margin = 1.0  # siamese: negative pairs closer than this cost
+  config.loss.temperature = 0.05  # proxy: softmax temperature on cosine similarities
+  config.loss.num_proxies = 255  # proxy: other outfits' proxies sampled per row
+  config.loss.category_weight = 1.0  # weight of the category classifier's cross-entropy
+
+  config.eval.corpus_size = 200  # N of the retrieval corpus
+  config.eval.outfit_size = 5  # query outfits have exactly this many items (0: any size)
+  config.eval.ks = (1, 5, 10)
+  config.eval.fitb = "auto"  # auto: data.root/fitb_eval.json if present, else sampled | file | sampled
+  config.eval.popularity_neighbors = 10  # the popularity baseline's visual frequency (see README)
+  config.eval.popularity_train_items = 2000  # training items per category it compares with
+  return config

@@ -1,0 +1,37 @@
+"""Demo of the product-based task on generated data, a few minutes on 2 CPU cores.
+
+  python run.py generate-data --format ctl --out data/ctl_demo --outfits 4000 --seed 0
+  python run.py train --config configs/product_demo.py --workdir runs/product_demo
+
+As in configs/demo.py, nothing is downloaded: the frozen backbone is a small ResNet with random
+weights whose features are computed once per item crop into the feature cache
+(`data.source='features'`); the style extractor and category classifier train on them at
+thousands of tuples per second. Other losses: --config.loss.name=contrastive|proxy, see
+configs/product_default.py.
+"""
+
+from configs import product_default
+
+
+def get_config():
+  config = product_default.get_config()
+  config.data.root = "data/ctl_demo"
+  config.data.source = "features"
+  config.input.image_size = 64
+  config.input.normalization = "imagenet"
+  config.input.batch_size = 256
+  config.input.num_parallel_calls = 2  # AUTOTUNE oversubscribes a 2-core machine
+  config.model.backbone = "resnet_small"
+  config.model.freeze_backbone = True
+  config.model.style_hidden = 256
+  config.model.classifier_hidden = 128
+  config.model.embed_dim = 64
+  config.features.batch_size = 128
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = 100
+  config.train.num_steps = 2000
+  config.train.log_every_steps = 250
+  config.train.checkpoint_every_steps = 1000
+  config.eval.batch_size = 256
+  return config

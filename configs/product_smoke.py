@@ -1,0 +1,28 @@
+"""Smoke test of the product task: tiny ResNet, 32 px, a few steps; the tests load it.
+
+  python run.py train --config configs/product_smoke.py --workdir /tmp/psmoke --config.data.root=DIR
+"""
+
+from configs import product_demo
+
+
+def get_config():
+  config = product_demo.get_config()
+  config.data.source = "images"
+  config.input.image_size = 32
+  config.input.batch_size = 8
+  config.model.backbone = "resnet_tiny"
+  config.model.embed_dim = 16
+  config.model.style_hidden = 32
+  config.model.classifier_hidden = 16
+  config.loss.num_proxies = 15
+  config.optimizer.warmup_steps = 2
+  config.train.num_steps = 4
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 2
+  config.eval.batch_size = 32
+  config.eval.corpus_size = 40
+  config.eval.popularity_train_items = 100
+  config.features.batch_size = 32
+  config.features.shard_size = 256
+  return config
