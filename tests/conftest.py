@@ -42,3 +42,19 @@ def smoke_config(stl_root):
   config = smoke.get_config()
   config.data.root = str(stl_root)
   return config
+
+
+@pytest.fixture(scope="session")
+def ctl_root(tmp_path_factory):
+  """A small generated CTL dataset (160 outfit collages, small images), shared by the session."""
+  root = tmp_path_factory.mktemp("ctl")
+  synthetic.write_ctl_dataset(root, num_outfits=160, seed=5, image_size=96, workers=1)
+  return root
+
+
+@pytest.fixture
+def product_smoke_config(ctl_root):
+  from configs import product_smoke
+  config = product_smoke.get_config()
+  config.data.root = str(ctl_root)
+  return config

@@ -66,8 +66,8 @@ def test_corpora_follow_the_protocol():
                                      restricted.valid, restricted.category):
     assert pos.sum() == 1 and np.all(test.item_category[items[valid]] == c)
     assert c != test.item_category[q]
-    # Every other item of category c in the test split: 4 other outfits hold one.
-    assert valid.sum() == 5
+    # The corpus (10) exceeds the category: it holds every test item of c (a-c: 5, d-e: 4).
+    assert valid.sum() == np.sum(test.item_category == c) == (5 if c < 3 else 4)
 
 
 def test_perfect_scorer_gets_one_and_constant_scorer_gets_random():

@@ -1,0 +1,76 @@
+"""The product task end to end on generated CTL data: train, evaluate (eval_metrics.json), the
+feature cache, and the serving API the product-query flow uses."""
+
+import json
+
+import jax
+import numpy as np
+
+from ctl_jax import product_api, product_eval, train
+from input_pipeline import product_data
+
+
+def test_train_fraction_keeps_nested_subsets(product_smoke_config):
+  config = product_smoke_config
+  kept = {}
+  for fraction in (0.25, 0.5, 1.0):
+    config.data.train_fraction = fraction
+    kept[fraction] = set(product_data.load_product_dataset(config.data).train_outfits)
+  assert kept[0.25] < kept[0.5] < kept[1.0]
+  assert 0.15 < len(kept[0.25]) / len(kept[1.0]) < 0.35
+
+
+def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_path):
+  config = product_smoke_config
+  config.eval.popularity_train_items = 20
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(config, workdir)
+
+  saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
+  for key in ("r@1", "r@5", "r@10", "restricted_r@10", "fitb", "category_accuracy", "protocol"):
+    assert key in saved
+  assert set(saved["baselines"]) == {"random", "popularity", "untrained"}
+  assert "fitb_eval.json" in saved["protocol"] and saved["num_fitb_questions"] > 0
+  assert saved["step"] == config.train.num_steps
+  # Random: exact expectations, e.g. R@10 = 10 * P / N / min(P, 10) with P = 4 positives.
+  assert results["baselines"]["random"]["r@10"] == np.float64(10 / config.eval.corpus_size)
+  assert results["baselines"]["random"]["fitb"] == 0.25
+
+  # Evaluating the checkpoint again gives the same numbers (corpora drawn from eval.seed).
+  config.eval.baselines = False
+  again = train.evaluate_checkpoint(config, workdir)
+  assert all(again[k] == results[k] for k in ("r@1", "r@10", "fitb", "category_accuracy"))
+
+  # The feature cache holds the same backbone vectors as the image path (to float16).
+  run = train.setup(config, workdir)
+  state = run.restore_or_init()
+  cache = train.extract_features(config, workdir)
+  sharding_of = jax.tree.map(lambda x: x.sharding, state)
+  from_images = product_eval.ItemEmbedder(run.model, run.mesh, sharding_of, config)(
+      state, run.data.test)
+  from_cache = product_eval.ItemEmbedder(run.model, run.mesh, sharding_of, config,
+                                         cache=cache)(state, run.data.test)
+  np.testing.assert_allclose(from_cache["global"], from_images["global"], rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(from_cache["style"], from_images["style"], atol=2e-2)
+
+  # The serving API: same embeddings as evaluation, categories and their complements.
+  predictor = product_api.ProductPredictor(config, workdir)
+  test = run.data.test
+  items = np.arange(5)
+  images = predictor.load_items([product_data.paths_of(test)[i] for i in items],
+                                test.item_box[items])
+  out = predictor.embed(images)
+  np.testing.assert_allclose(out["style"], from_images["style"][items], atol=1e-4)
+  np.testing.assert_allclose(np.linalg.norm(out["style"], axis=1), 1.0, atol=1e-5)
+  top = predictor.predict_category(images, top_k=2)
+  assert [t[0][0] for t in top] == [predictor.categories[j]
+                                    for j in np.argmax(from_images["logits"][items], axis=1)]
+  assert predictor.categories == run.data.categories
+  co = run.data.cooccurrence()
+  name = predictor.categories[int(np.argmax(np.diag(co)))]
+  ranked = predictor.complementary_categories(name)
+  c = predictor.categories.index(name)
+  assert name not in [n for n, _ in ranked]
+  assert [v for _, v in ranked] == sorted((v for _, v in ranked), reverse=True)
+  first = predictor.categories.index(ranked[0][0])
+  assert co[c, first] == max(co[c, j] for j in range(len(co)) if j != c)
