@@ -336,7 +336,9 @@ def evaluate(state, embed: ItemEmbedder, ds: product_data.ProductDataset, config
       step=int(jax.device_get(state.step)), num_queries=len(all_corpus.query),
       num_restricted_queries=len(restricted.query), num_fitb_questions=len(fitb.answers),
       num_fitb_dropped=fitb.num_dropped, num_test_items=len(ds.test),
-      train_fraction=ds.train_fraction, loss=config.loss.name,
+      train_fraction=ds.train_fraction, num_train_outfits=len(ds.train_outfits),
+      loss=config.loss.name, negatives=config.loss.negatives,
+      num_negatives=config.loss.num_negatives,
       protocol=protocol(config, fitb.source))
   if e.baselines:
     train_counts = np.bincount(ds.train.item_category[ds.train_items()],
