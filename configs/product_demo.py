@@ -8,6 +8,10 @@ weights whose features are computed once per item crop into the feature cache
 (`data.source='features'`); the style extractor and category classifier train on them at
 thousands of tuples per second. Other losses: --config.loss.name=contrastive|proxy, see
 configs/product_default.py.
+
+Measured on a shared 2-core CPU (4000 outfits, 17,733 item crops): feature extraction about 3 min,
+2000 steps about 3 min (about 2,500 tuples/s; the 16:1 contrastive loss about 650), evaluation
+with baselines about 2 min; held-out R@10 0.33 vs popularity 0.05, FITB 0.83 vs 0.25 (README).
 """
 
 from configs import product_default
