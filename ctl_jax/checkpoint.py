@@ -94,10 +94,23 @@ def structure_differences(saved_tree, target_tree, limit: int = 10) -> list[str]
   return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
+def _write_whole_replicas() -> None:
+  """Each replicated array is written whole from its first replica.
+
+  Orbax's default (replica-parallel writes) slices every replicated array into one piece per
+  replica; each slice shape is a small XLA program compiled on the first save, which held the
+  training loop for seconds (hundreds of arrays). Our state is replicated, so the whole-replica
+  write costs one device-to-host copy per array and compiles nothing.
+  """
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
   """Asynchronous saves that keep the last `max_to_keep`; verified restore into a sharded target."""
 
   def __init__(self, workdir: str | os.PathLike, *, save_every_steps: int, max_to_keep: int):
+    _write_whole_replicas()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            save_interval_steps=save_every_steps, create=True,
                                            cleanup_tmp_directories=True)

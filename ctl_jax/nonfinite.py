@@ -82,15 +82,18 @@ class Monitor:
     self._pending = []
     if not bad:
       return
-    for step, ids in bad:
-      self._report(step, ids)
     if self.mode == "stop":
+      # Steps after the first bad one started from its non-finite state: only it is the fault.
+      step, ids = bad[0]
+      self._report(step, ids)
       raise NonFiniteError(
-          f"non-finite loss or parameters at step(s) {[s for s, _ in bad]} (see the batch "
-          f"signatures above and in {self._report_path}); not saved: the last checkpoint, "
+          f"non-finite loss or parameters at step {step} (see the batch signatures above and in "
+          f"{self._report_path}); not saved: the last checkpoint, "
           f"step {self.run.checkpointer.latest_step()}, is the last good state. Rerunning "
           f"resumes there and meets the same batches: lower the learning rate, clip gradients "
           f"(optimizer.grad_clip_norm) or set train.on_nonfinite='skip'.")
+    for step, ids in bad:
+      self._report(step, ids)
     self.skipped += len(bad)
     if self.skipped > self.max_skipped:
       raise NonFiniteError(f"{self.skipped} steps skipped for non-finite values in this run, "
