@@ -20,6 +20,7 @@ thread), so a save holds the loop for about one device-to-host copy, not for the
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -94,6 +95,7 @@ def structure_differences(saved_tree, target_tree, limit: int = 10) -> list[str]
   return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
+@functools.cache  # once per process
 def _write_whole_replicas() -> None:
   """Each replicated array is written whole from its first replica.
 

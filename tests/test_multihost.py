@@ -90,8 +90,23 @@ def test_two_processes_match_one_process(smoke_config, tmp_path):
   # Same global batches, same initial state: the same losses up to the order of the
   # cross-device sums (gloo between processes vs in-process all-reduce).
   np.testing.assert_allclose([m["loss"] for m in two], [m["loss"] for m in one], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               _final_params(smoke_config, multi), _final_params(smoke_config, single))
+  two_params, one_params = (_flat(_final_params(smoke_config, w)) for w in (multi, single))
+  assert two_params.keys() == one_params.keys()
+  modules = {path[:-1] for path in two_params}
+  compared = 0
+  for path, value in two_params.items():
+    if path[-2:] == ("Dense_0", "bias") and path[:-2] + ("BatchNorm_0",) in modules:
+      # Dense_0 -> BatchNorm_0: the batch mean cancels this bias, so its gradient is 0 but for
+      # rounding, and Adam scales that noise to full-size steps: noise in both runs, unused.
+      continue
+    np.testing.assert_allclose(value, one_params[path], rtol=1e-4, atol=1e-5, err_msg=str(path))
+    compared += 1
+  assert compared > 100
+
+
+def _flat(params):
+  return {tuple(k.key for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 NUM_STEPS = 12
