@@ -24,11 +24,11 @@ import functools
 import logging
 import os
 import shutil
+import zlib
 from typing import Any, Callable
 
 import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -45,27 +45,27 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint's files cannot be read, or do not hold what was saved."""
 
 
-def _leaf_checksum(x: jax.Array) -> jax.Array:
-  """sum_i w_i * bits_i mod 2^32 with odd weights w_i: any change of one value changes it, and
-  integer sums do not depend on the reduction order (the same on any device layout)."""
-  if x.dtype == jnp.bool_:
-    bits = x.astype(jnp.uint32)
-  else:
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-  bits = bits.reshape(-1)
-  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
-  return jnp.sum(bits * weights, dtype=jnp.uint32)
-
-
-_checksums_on_device = jax.jit(lambda leaves: [_leaf_checksum(x) for x in leaves])
+def _host_copy(x) -> np.ndarray:
+  """The whole value of `x` on this host (replicated arrays: the local replica, no transfer
+  between processes)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.sharding.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def state_checksums(state) -> dict[str, int]:
-  """{leaf path: checksum} of every array of `state` (computed on device, a few bytes back)."""
-  paths_and_leaves = jax.tree_util.tree_flatten_with_path(flax.serialization.to_state_dict(state))[0]
-  sums = jax.device_get(_checksums_on_device([leaf for _, leaf in paths_and_leaves]))
-  return {_path(p): int(s) for (p, _), s in zip(paths_and_leaves, sums)}
+  """{leaf path: CRC-32 of its bytes} of every array of `state`.
+
+  Computed on the host: one copy of the state (~0.1 s per 100 MB here) and no compiled program.
+  (A jitted on-device checksum of every leaf took 30 s to compile for ResNet-50 on this
+  machine, and that held the first save.)
+  """
+  paths_and_leaves = jax.tree_util.tree_flatten_with_path(
+      flax.serialization.to_state_dict(state))[0]
+  return {_path(p): zlib.crc32(np.ascontiguousarray(_host_copy(leaf)).reshape(-1).view(np.uint8))
+          for p, leaf in paths_and_leaves}
 
 
 def _key_name(k) -> str:
