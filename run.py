@@ -6,7 +6,14 @@
   python run.py extract-features --config configs/demo.py --workdir W
   python run.py export --config configs/demo.py --workdir W --catalogue DIR|features [--savedmodel]
   python run.py recommend --workdir W --scene IMG|--product IMG [--category C] [-k 10] [--out DIR]
+
+Multi-host: run the same command on every host (or process) with
+  --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
+or the environment JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or
+--distributed on Slurm, Open MPI, Cloud TPU and GKE jobs (JAX detects the values).
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -31,6 +38,14 @@ flags.DEFINE_integer("quota", 0, "recommend: products per category when blending
                      "(default ceil(k / categories)).")
 flags.DEFINE_string("embeddings", None, "recommend: exported catalogue (default W/export).")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0's "
+                    "coordinator (default: $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes "
+                     "(default: $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process, 0..num_processes-1 "
+                     "(default: $JAX_PROCESS_ID).")
+flags.DEFINE_bool("distributed", False, "Multi-host: let JAX detect the cluster (Slurm, Open MPI, "
+                  "Cloud TPU, GKE) when the values above are not given.")
 FLAGS = flags.FLAGS
 
 
@@ -62,25 +77,43 @@ def _hide_gpus_from_tensorflow():
   tf.config.set_visible_devices([], "GPU")
 
 
-def train():
+def _start():
+  """Common start of the commands that run a model: cluster, TensorFlow, per-process logging."""
   _need("config", "workdir")
+  from ctl_jax import cluster
+  cluster.join(cluster.spec_from(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id, FLAGS.distributed))
   _hide_gpus_from_tensorflow()
-  from ctl_jax import train as train_lib
-  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if not cluster.is_main_process():
+    logging.set_verbosity(logging.WARNING)  # process 0 tells the story; others only warn
+
+
+def _run_model_command(name: str):
+  """Joins the cluster, then runs `ctl_jax.train.<name>(config, workdir)`; expected failures
+  end with their message and exit code 1 (no traceback)."""
+  _start()
+  from ctl_jax import checkpoint, nonfinite
+  from ctl_jax import train as train_lib  # after joining: nothing may touch a device before
+  commands = {"train": train_lib.train_and_evaluate, "evaluate": train_lib.evaluate_checkpoint,
+              "extract-features": train_lib.extract_features}
+  try:
+    commands[name](FLAGS.config, FLAGS.workdir)
+  except (nonfinite.NonFiniteError, checkpoint.IncompatibleCheckpointError,
+          checkpoint.CorruptCheckpointError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(1)
+
+
+def train():
+  _run_model_command("train")
 
 
 def evaluate():
-  _need("config", "workdir")
-  _hide_gpus_from_tensorflow()
-  from ctl_jax import train as train_lib
-  train_lib.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+  _run_model_command("evaluate")
 
 
 def extract_features():
-  _need("config", "workdir")
-  _hide_gpus_from_tensorflow()
-  from ctl_jax import train as train_lib
-  train_lib.extract_features(FLAGS.config, FLAGS.workdir)
+  _run_model_command("extract-features")
 
 
 def export():

@@ -75,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 1_000
   config.train.max_checkpoints_to_keep = 3
+  # NaN/Inf loss or parameters: 'stop' (keep the last good checkpoint) or 'skip' the update.
+  config.train.on_nonfinite = "stop"
+  config.train.max_skipped_steps = 100  # 'skip' mode: more skips than this in one run stop it
+  config.train.tensorboard = True  # scalars in <workdir>/tensorboard
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_candidates = 100  # the positive + 99 sampled same-category negatives

@@ -30,6 +30,12 @@ class ProductTask:
                  "negative_global", "anchor_category", "positive_category", "negative_category",
                  "proxy_outfits")
   region_kinds = ()  # the feature cache keeps global vectors only
+  # Host-batch entries that name a row's items (for the report of a non-finite step).
+  id_keys = ("anchor_index", "positive_index", "negative_index")
+  # Config fields that shape the train state: a checkpoint written with other values is refused.
+  checkpoint_fields = ("model.backbone", "model.embed_dim", "model.style_hidden",
+                       "model.classifier_hidden", "model.freeze_backbone", "loss.name",
+                       "optimizer.name")
 
   def load_data(self, config) -> product_data.ProductDataset:
     return product_data.load_product_dataset(config.data)
@@ -46,6 +52,11 @@ class ProductTask:
       outfits[np.unique(data.train.item_category[groups[o]])] += 1
     return {"cooccurrence": data.cooccurrence().tolist(), "category_outfits": outfits.tolist(),
             "num_proxies": len(data.train.outfits)}
+
+  def signatures(self, data: product_data.ProductDataset, ids: dict) -> dict[str, list[str]]:
+    """Item keys (collage signature and box) of the training rows `ids` (entries `id_keys`)."""
+    return {role: [data.train.item_keys[i] for i in np.ravel(ids[f"{role}_index"])]
+            for role in ("anchor", "positive", "negative")}
 
   def create_model(self, config, data: product_data.ProductDataset):
     return product_model.create_model(config.model, len(data.categories),

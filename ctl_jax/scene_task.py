@@ -25,6 +25,12 @@ class SceneTask:
                  "positive_global", "negative_global", "category", "positive_index",
                  "negative_index", "scene_products")
   region_kinds = ("scenes",)  # feature-cache kinds that also keep the region map
+  # Host-batch entries that name a row's images (for the report of a non-finite step).
+  id_keys = ("scene_index", "positive_index", "negative_index")
+  # Config fields that shape the train state: a checkpoint written with other values is refused.
+  checkpoint_fields = ("model.backbone", "model.embed_dim", "model.global_hidden",
+                       "model.local_hidden", "model.attention_hidden", "model.freeze_backbone",
+                       "optimizer.name")
 
   def load_data(self, config) -> scene_data.SceneDataset:
     return scene_data.load_scene_dataset(config.data)
@@ -35,6 +41,11 @@ class SceneTask:
   def checkpoint_meta(self, data: scene_data.SceneDataset) -> dict:
     """Task-specific facts saved with every checkpoint, besides the config and categories."""
     return {}
+  def signatures(self, data: scene_data.SceneDataset, ids: dict) -> dict[str, list[str]]:
+    """Image signatures of the rows `ids` (entries `id_keys` of a host or global batch)."""
+    return {"scene": [data.stl.scenes[i] for i in np.ravel(ids["scene_index"])],
+            "positive": [data.stl.products[i] for i in np.ravel(ids["positive_index"])],
+            "negative": [data.stl.products[i] for i in np.ravel(ids["negative_index"])]}
 
   def create_model(self, config, data: scene_data.SceneDataset):
     return train_state.create_model(config.model, len(data.categories))
