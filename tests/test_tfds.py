@@ -1,6 +1,6 @@
 """TFDS builders (stl_fashion, ctl_outfits) against the folder readers, and bad-image handling."""
 
-import shutil
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import smoke
+from ctl_jax import train
 from input_pipeline import (ctl, image_check, pipeline, scene_data, stl, synthetic, tfds_builders,
                             tfds_source, triplets)
 from input_pipeline.drops import DataError
@@ -51,7 +52,7 @@ def test_image_check_finds_exactly_the_undecodable_files_and_caches(small_stl, t
   assert image_check.check_images(data.image_paths, cache, progress=False) == bad  # from cache
 
 
-def test_lenient_drops_pairs_of_broken_images_strict_names_them(small_stl):
+def test_lenient_drops_pairs_of_broken_images_strict_names_them(small_stl, tmp_path):
   root, broken = small_stl
   config = smoke.get_config()
   config.data.root = str(root)
@@ -62,6 +63,10 @@ def test_lenient_drops_pairs_of_broken_images_strict_names_them(small_stl):
   assert len(ds.stl) == len(folder) - hit > 0
   assert sum("unusable image" in d.reason for d in ds.drops.drops) == hit
   assert not broken & (set(ds.stl.scenes) | set(ds.stl.products))
+  train.write_drop_report(ds, str(tmp_path))  # what the trainer leaves in its workdir
+  written = [json.loads(l) for l in (tmp_path / train.DROPS_FILE).read_text().splitlines()]
+  assert [(d["line"], d["reason"]) for d in written] == [(d.line, d.reason)
+                                                         for d in ds.drops.drops]
   config.data.strict = True
   with pytest.raises(DataError, match=r"fashion\.json:\d+: field '(scene|product)': unusable"):
     scene_data.load_scene_dataset(config.data)
