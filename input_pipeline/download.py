@@ -252,9 +252,10 @@ def format_report(report: dict, max_lines: int = 20) -> str:
            f"({report['bytes'] / 1e6:.1f} MB in {report['seconds']:.1f} s, "
            f"{report['images_per_second']} images/s); report: {report.get('report_file')}"]
   for f in report["failures"][:max_lines]:
-    status = f"HTTP {f['status']}" if f["status"] is not None else "no answer"
-    lines.append(f"  {f['signature']}  {status}  {f['reason']}  ({f['attempts']} attempts)  "
-                 f"{f['url']}")
+    reason = f["reason"]
+    if not reason.startswith("HTTP"):
+      reason = (f"HTTP {f['status']}, " if f["status"] is not None else "no answer, ") + reason
+    lines.append(f"  {f['signature']}  {reason}  ({f['attempts']} attempts)  {f['url']}")
   if report["failed"] > max_lines:
     lines.append(f"  ... {report['failed'] - max_lines} more in the report file")
   return "\n".join(lines)
