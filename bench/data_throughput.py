@@ -37,7 +37,7 @@ tf.config.set_visible_devices([], "GPU")
 
 from configs import default  # noqa: E402
 from input_pipeline import (ctl, download, image_server, pipeline, scene_data, stl,  # noqa: E402
-                            synthetic, tfds_builders, tfds_source, triplets)
+                            synthetic, tfds_builders, triplets)
 from input_pipeline.drops import DropReport  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"

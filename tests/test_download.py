@@ -33,7 +33,8 @@ def _setup(tmp_path):
   pairs = tmp_path / "fashion.json"
   pairs.write_text("".join(
       json.dumps({"scene": sigs[i], "product": sigs[(i + 1) % len(sigs)],
-                  "bbox": [0.1, 0.1, 0.5, 0.5]}) + "\n" for i in range(0, len(sigs), 2)) + "not json\n")
+                  "bbox": [0.1, 0.1, 0.5, 0.5]}) + "\n" for i in range(0, len(sigs), 2))
+      + "not json\n")
   return sigs, served, pairs
 
 
