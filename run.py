@@ -1,6 +1,9 @@
-"""ctl-jax command line: train | evaluate | extract-features | export | recommend | generate-data.
+"""ctl-jax command line: train | evaluate | extract-features | export | recommend |
+generate-data | inspect-data | download-images.
 
   python run.py generate-data --out DIR --scenes N --seed S
+  python run.py inspect-data --format stl|ctl --root DIR [--json FILE]
+  python run.py download-images --annotations FILE --out DIR [--base-url URL]
   python run.py train --config configs/demo.py --workdir W [--config.field=value ...]
   python run.py evaluate --config configs/demo.py --workdir W
   python run.py extract-features --config configs/demo.py --workdir W
@@ -20,7 +23,8 @@ from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, eval_metrics.json.")
 flags.DEFINE_string("out", None, "generate-data: output folder; export: catalogue folder "
-                    "(default W/export); recommend: report folder (default W/recommend).")
+                    "(default W/export); recommend: report folder (default W/recommend); "
+                    "download-images: image folder.")
 flags.DEFINE_integer("scenes", 3000, "generate-data: number of scene photos (STL format).")
 flags.DEFINE_integer("outfits", None, "generate-data: number of outfit collages (CTL format); "
                      "default: as many as scenes.")
@@ -37,6 +41,12 @@ flags.DEFINE_integer("k", 10, "recommend: number of products.")
 flags.DEFINE_integer("quota", 0, "recommend: products per category when blending "
                      "(default ceil(k / categories)).")
 flags.DEFINE_string("embeddings", None, "recommend: exported catalogue (default W/export).")
+flags.DEFINE_string("root", None, "inspect-data: the dataset folder.")
+flags.DEFINE_string("json", None, "inspect-data: also write the summary as JSON to this file.")
+flags.DEFINE_string("annotations", None, "download-images: fashion.json, raw_*.tsv, "
+                    "triplet_*.tsv or fitb_eval.json.")
+flags.DEFINE_string("base-url", None, "download-images: replaces the published image URL prefix.")
+flags.DEFINE_integer("workers", 16, "download-images: parallel downloads.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0's "
                     "coordinator (default: $JAX_COORDINATOR_ADDRESS).")
@@ -60,7 +70,8 @@ def _quiet_library_logs():
 def main(argv):
   _quiet_library_logs()
   commands = {"train": train, "evaluate": evaluate, "extract-features": extract_features,
-              "export": export, "recommend": recommend, "generate-data": generate_data}
+              "export": export, "recommend": recommend, "generate-data": generate_data,
+              "inspect-data": inspect_data, "download-images": download_images}
   if len(argv) != 2 or argv[1] not in commands:
     raise app.UsageError(f"usage: run.py {{{'|'.join(commands)}}} [flags]")
   commands[argv[1]]()
@@ -153,6 +164,25 @@ def generate_data():
     summary = synthetic.write_ctl_dataset(FLAGS.out, FLAGS.outfits or FLAGS.scenes, FLAGS.seed)
     print(f"{FLAGS.out} (CTL): {summary['outfits']} outfits, items {summary['items']}, "
           f"items per outfit {summary['items_per_outfit']}")
+
+
+def inspect_data():
+  _need("root")
+  import json
+  from input_pipeline import inspect_data as inspect_lib
+  summary = inspect_lib.summarize(FLAGS.format, FLAGS.root)
+  print(inspect_lib.format_summary(summary))
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(summary, f, indent=1)
+
+
+def download_images():
+  _need("annotations", "out")
+  from input_pipeline import download
+  report = download.download_images(FLAGS.annotations, FLAGS.out, workers=FLAGS.workers,
+                                    base_url=FLAGS["base-url"].value or download.DEFAULT_BASE_URL)
+  print(download.format_report(report))
 
 
 if __name__ == "__main__":

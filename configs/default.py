@@ -21,8 +21,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.format = "stl"
   config.data.root = ""  # an STL-format folder
+  # Or a prepared TFDS dataset (python -m input_pipeline.tfds_build stl_fashion ...), which
+  # replaces `root`: its name (e.g. "stl_fashion") and data_dir ("": ~/tensorflow_datasets).
+  config.data.tfds_name = ""
+  config.data.tfds_dir = ""
   config.data.images_dir = "images"  # relative to root, flat or nested ab/cd/ef/<sig>.jpg
   config.data.strict = False  # True: stop at the first bad record, naming file/line/field
+  # Decode every image once before training (cached per file in root/.image_check.json) and
+  # drop the pairs of undecodable ones, instead of failing mid-epoch. Folders only: TFDS
+  # builders check at build time.
+  config.data.check_images = True
   config.data.category_map = ml_collections.ConfigDict()  # category path -> short label
   config.data.test_fraction = 0.1  # of scenes, split deterministically by signature
   config.data.min_crop_fraction = 0.2  # drop pairs whose kept scene rectangle is smaller

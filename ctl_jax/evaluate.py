@@ -18,6 +18,7 @@ import numpy as np
 from ctl_jax import metrics, sharding, steps
 from input_pipeline import pipeline
 from input_pipeline.feature_cache import FeatureCache
+from input_pipeline.image_source import ImageRows
 from input_pipeline.scene_data import SceneDataset
 
 
@@ -149,10 +150,10 @@ class Embedder:
       outs.append(np.asarray(fn(state, batch)[out_key]))
     return np.concatenate(outs)[:num_rows]
 
-  def _images(self, paths, crops, extras):
+  def _images(self, images: ImageRows | list[str], crops, extras):
     c = self.config
     data = pipeline.eval_images(
-        paths, crops, extras, global_batch=c.eval.batch_size, image_size=c.input.image_size,
+        images, crops, extras, global_batch=c.eval.batch_size, image_size=c.input.image_size,
         normalization=c.input.normalization, process_index=jax.process_index(),
         process_count=jax.process_count())
     return data.as_numpy_iterator()
@@ -171,23 +172,25 @@ class Embedder:
   def products(self, state, ds: SceneDataset) -> np.ndarray:
     """[num_products, D] embeddings of every catalogue product."""
     if self.cache is None:
-      return self.product_images(state, ds.product_paths)
+      products = ImageRows(ds.product_images, np.arange(len(ds.stl.products)))
+      return self.product_images(state, products)
     batches = self._cached("products", self.cache.rows("products", ds.stl.products), {})
     return self._run(self._product, state, batches, "embedding", len(ds.stl.products))
 
-  def product_images(self, state, paths: list[str]) -> np.ndarray:
-    """[len(paths), D] embeddings of whole product images (needs an Embedder without cache)."""
-    batches = ({"image": b["image"]} for b in self._images(paths, None, {}))
-    return self._run(self._product, state, batches, "embedding", len(paths))
+  def product_images(self, state, images: ImageRows | list[str]) -> np.ndarray:
+    """[len(images), D] embeddings of whole product images (ImageRows, or one file per row;
+    needs an Embedder without cache)."""
+    batches = ({"image": b["image"]} for b in self._images(images, None, {}))
+    return self._run(self._product, state, batches, "embedding", len(images))
 
   def test_queries(self, state, ds: SceneDataset) -> np.ndarray:
     """[num_test_pairs, D] ranking queries of the cropped test scenes."""
     rows = ds.test.pairs
     category = ds.stl.pair_category[rows]
     if self.cache is None:
-      paths = [ds.scene_paths[i] for i in ds.stl.pair_scene[rows]]
+      scenes = ImageRows(ds.scene_images, ds.stl.pair_scene[rows])
       batches = ({"image": b["image"], "category": b["category"]}
-                 for b in self._images(paths, ds.test.crops, {"category": category}))
+                 for b in self._images(scenes, ds.test.crops, {"category": category}))
     else:
       batches = self._cached("scenes", self.cache.rows("scenes", ds.scene_keys(ds.test)),
                              {"category": category})

@@ -87,10 +87,10 @@ def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
   with tqdm.tqdm(total=total, unit="img", desc="features", disable=jax.process_index() != 0,
                  mininterval=2.0) as bar:
     for kind, shard in todo:
-      _, paths, crops = items[kind]
-      lo, hi = shard * size, min((shard + 1) * size, len(paths))
+      _, images, crops = items[kind]
+      lo, hi = shard * size, min((shard + 1) * size, len(images))
       data = pipeline.eval_images(
-          paths[lo:hi], None if crops is None else crops[lo:hi], {}, global_batch=batch,
+          images[lo:hi], None if crops is None else crops[lo:hi], {}, global_batch=batch,
           image_size=config.input.image_size, normalization=config.input.normalization)
       writer = feature_cache.ShardWriter(root, kind, shard, hi - lo)
       for b in data.as_numpy_iterator():

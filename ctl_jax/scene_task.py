@@ -14,6 +14,7 @@ import numpy as np
 
 from ctl_jax import evaluate, steps, train_state
 from input_pipeline import feature_cache, pipeline, scene_data, triplets
+from input_pipeline.image_source import ImageRows
 
 
 class SceneTask:
@@ -69,7 +70,7 @@ class SceneTask:
                  prefetch=c.input.prefetch)
     if cache is None:
       return pipeline.train_triplets(
-          sampler, data.scene_paths, data.product_paths, image_size=c.input.image_size,
+          sampler, data.scene_images, data.product_images, image_size=c.input.image_size,
           normalization=c.input.normalization, num_parallel_calls=c.input.num_parallel_calls,
           **hosts)
     scene_rows = np.full(len(data.stl), -1, np.int64)
@@ -78,19 +79,21 @@ class SceneTask:
     return pipeline.train_features(sampler, cache, scene_rows, product_rows, **hosts)
 
   def cache_items(self, data: scene_data.SceneDataset):
-    """Per cache kind: (keys, image paths, crops or None) of every image the model needs:
+    """Per cache kind: (keys, ImageRows, crops or None) of every image the model needs:
     every product whole, and every (scene, crop) of the train and test pairs."""
-    products = (list(data.stl.products), data.product_paths, None)
-    keys, paths, crops = [], [], []
+    products = (list(data.stl.products),
+                ImageRows(data.product_images, np.arange(len(data.stl.products))), None)
+    keys, scenes, crops = [], [], []
     seen = set()
     for split in (data.train, data.test):
       for key, pair, crop in zip(data.scene_keys(split), split.pairs, split.crops):
         if key not in seen:
           seen.add(key)
           keys.append(key)
-          paths.append(data.scene_paths[data.stl.pair_scene[pair]])
+          scenes.append(data.stl.pair_scene[pair])
           crops.append(crop)
-    return {"products": products, "scenes": (keys, paths, np.asarray(crops, np.float32))}
+    scenes = ImageRows(data.scene_images, np.asarray(scenes, np.int64))
+    return {"products": products, "scenes": (keys, scenes, np.asarray(crops, np.float32))}
 
   def evaluate(self, run, state, cache, untrained_state=None) -> dict:
     embedder = evaluate.Embedder(run.model, run.mesh, jax.tree.map(lambda x: x.sharding, state),

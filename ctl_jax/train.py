@@ -29,6 +29,7 @@ from input_pipeline import feature_cache
 TASKS = {"scene": scene_task.SceneTask, "product": product_task.ProductTask}
 # Config fields every task's checkpoints depend on (each task adds its `checkpoint_fields`).
 CHECKPOINT_FIELDS = ("task",)
+DROPS_FILE = "dropped_records.jsonl"  # one JSON object per record the reader skipped
 
 
 @dataclasses.dataclass
@@ -138,6 +139,17 @@ def initial_backbone_variables(config, model) -> dict | None:
           "batch_stats": {"backbone": variables["batch_stats"]}}
 
 
+def write_drop_report(data, workdir: str) -> None:
+  """Every record the reader dropped (lenient mode) to workdir/dropped_records.jsonl."""
+  drops = getattr(data, "drops", None)  # the task's DropReport, if its data has one
+  if drops is None or jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, DROPS_FILE)
+  drops.write(path)
+  if len(drops):
+    logging.warning("%s; each one is listed in %s", drops.summary(), path)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   os.makedirs(workdir, exist_ok=True)
   if config.task not in TASKS:
@@ -151,6 +163,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
       json.dump(config_dict(config), f, indent=2)
   task = TASKS[config.task]()
   data = task.load_data(config)
+  write_drop_report(data, workdir)
   mesh = sharding.make_mesh()
   sharding.global_batch_size_check(config.input.batch_size, mesh)
   model = task.create_model(config, data)

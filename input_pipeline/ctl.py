@@ -20,6 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -119,9 +120,11 @@ class CtlData:
   item_outfit: np.ndarray  # [num_items] int32
   item_box: np.ndarray  # [num_items, 4] float32 (x, y, w, h)
   item_category: np.ndarray  # [num_items] int32
-  image_paths: dict[str, str]  # signature -> file ({} when images are not checked)
+  image_paths: dict[str, str]  # signature -> file ({} when images are not checked, or TFDS)
   drops: DropReport
   item_keys: list[str]  # item_key() of each item
+  # [num_items] int32 line of each item in its raw file (for messages that name the record)
+  item_line: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
   def __len__(self) -> int:
     return len(self.item_outfit)
@@ -140,39 +143,60 @@ class CtlData:
 
 def read_ctl(root: str | os.PathLike, split: str = "train", *, images_dir: str = "images",
              strict: bool = False, check_images: bool = True,
-             categories: list[str] | None = None) -> CtlData:
+             categories: list[str] | None = None,
+             bad_images: Mapping[str, str] | None = None) -> CtlData:
   """Reads `root/raw_<split>.tsv` (and checks `root/<images_dir>/` for the collages).
 
   Args:
     categories: fix the label set (and ids), e.g. to the training split's; rows with other
       labels are dropped as unknown categories. Default: the labels found, sorted.
+    bad_images: signature -> reason for collages that exist but cannot be used (e.g. found
+      undecodable by `image_check`); their items are dropped like missing images.
   """
   root = Path(root)
   path = root / f"raw_{split}.tsv"
   report = DropReport(strict=strict)
   folder = images_lib.ImageFolder(root / images_dir) if check_images else None
-  rows = []
-  for lineno, sig, box, label in read_raw(path, report):
+  return assemble(read_raw(path, report), report, path=path, categories=categories,
+                  images=folder, bad_images=bad_images)
+
+
+def assemble(rows: Iterable[tuple[int, str, tuple, str]], report: DropReport, *,
+             path: str | os.PathLike, categories: list[str] | None = None,
+             images: images_lib.ImageFolder | None = None,
+             bad_images: Mapping[str, str] | None = None) -> CtlData:
+  """CtlData from valid (line, signature, (x, y, w, h), label) rows of one raw file.
+
+  Shared by the folder reader and the TFDS reader (which replays the rows it stored), so both
+  give the same indices for the same records.
+  """
+  bad_images = bad_images or {}
+  kept = []
+  for lineno, sig, box, label in rows:
     if categories is not None and label not in categories:
       report.drop(path, lineno, "label", f"unknown category {label!r}")
       continue
-    if folder is not None and sig not in folder:
+    if images is not None and sig not in images:
       report.drop(path, lineno, "image_signature", f"missing image {sig}")
       continue
-    rows.append((sig, box, label))
-  if not rows:
+    if sig in bad_images:
+      report.drop(path, lineno, "image_signature", f"unusable image {sig}: {bad_images[sig]}")
+      continue
+    kept.append((lineno, sig, box, label))
+  if not kept:
     raise DataError(f"{path}: no usable items ({report.summary()})")
-  names = list(categories) if categories is not None else sorted({r[2] for r in rows})
+  names = list(categories) if categories is not None else sorted({r[3] for r in kept})
   cat_id = {n: i for i, n in enumerate(names)}
   outfit_id: dict[str, int] = {}
-  item_outfit = [outfit_id.setdefault(sig, len(outfit_id)) for sig, _, _ in rows]
+  item_outfit = [outfit_id.setdefault(sig, len(outfit_id)) for _, sig, _, _ in kept]
   return CtlData(
       outfits=list(outfit_id), categories=names,
       item_outfit=np.array(item_outfit, np.int32),
-      item_box=np.array([box for _, box, _ in rows], np.float32),
-      item_category=np.array([cat_id[label] for _, _, label in rows], np.int32),
-      image_paths={s: folder.path(s) for s in outfit_id} if folder is not None else {},
-      drops=report, item_keys=[item_key(sig, box) for sig, box, _ in rows])
+      item_box=np.array([box for _, _, box, _ in kept], np.float32),
+      item_category=np.array([cat_id[label] for _, _, _, label in kept], np.int32),
+      image_paths={s: images.path(s) for s in outfit_id} if images is not None else {},
+      drops=report, item_keys=[item_key(sig, box) for _, sig, box, _ in kept],
+      item_line=np.array([lineno for lineno, _, _, _ in kept], np.int32))
 
 
 def read_triplets(path: str | os.PathLike, report: DropReport):
@@ -212,9 +236,13 @@ def read_fitb(path: str | os.PathLike, report: DropReport) -> list[dict]:
   items as (signature, (x, y, w, h), label). Malformed questions are dropped and reported."""
   try:
     with open(path) as f:
-      raw = json.load(f)
+      text = f.read()
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
+  if not text.strip():
+    raise DataError(f"{path}: file is empty (expected a JSON list of questions)")
+  try:
+    raw = json.loads(text)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
   if not isinstance(raw, list):

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from input_pipeline import preprocess
 from input_pipeline.feature_cache import FeatureCache
+from input_pipeline.image_source import ImageRows, ImageSource, as_rows, as_source
 from input_pipeline.triplets import TripletSampler
 
 Batch = dict[str, np.ndarray]
@@ -50,11 +51,15 @@ def _dataset_options() -> tf.data.Options:
   return options
 
 
-def train_triplets(sampler: TripletSampler, scene_paths: list[str], product_paths: list[str], *,
+def train_triplets(sampler: TripletSampler, scene_images: ImageSource | list[str],
+                   product_images: ImageSource | list[str], *,
                    global_batch: int, image_size: int, normalization: str, start_step: int = 0,
                    process_index: int = 0, process_count: int = 1, prefetch: int = 2,
                    num_parallel_calls: int = tf.data.AUTOTUNE) -> Iterator[Batch]:
   """Batches of (scene crop, positive, negatives) images for this process, from `start_step`.
+
+  `scene_images` and `product_images` give the bytes of scene and product ids (an ImageSource,
+  or one file path per id).
 
   Yields dicts: `scene` [L, S, S, 3], `positive` [L, S, S, 3], `negative` [L, N, S, S, 3]
   (float32, normalised), `category` [L], the `scene_index`, `positive_index`,
@@ -72,20 +77,17 @@ def train_triplets(sampler: TripletSampler, scene_paths: list[str], product_path
       "pair_index": tf.TensorSpec([local], tf.int32),
       "scene_products": tf.TensorSpec([local, sampler.scene_products.shape[1]], tf.int32),
   }
-  scenes = tf.constant(scene_paths)
-  products = tf.constant(product_paths)
+  scenes, products = as_source(scene_images), as_source(product_images)
   full = tf.constant(preprocess.FULL_IMAGE, tf.float32)
+  prepare = lambda data, crop: preprocess.prepare_image(data, crop, image_size, normalization)
 
   def load(row):
     out = dict(row)
     crop = out.pop("crop")
-    out["scene"] = preprocess.load_image(tf.gather(scenes, row["scene_index"]), crop,
-                                         image_size, normalization)
-    out["positive"] = preprocess.load_image(tf.gather(products, row["positive_index"]), full,
-                                            image_size, normalization)
-    out["negative"] = tf.stack([
-        preprocess.load_image(tf.gather(products, row["negative_index"][k]), full, image_size,
-                              normalization) for k in range(num_neg)])
+    out["scene"] = prepare(scenes.read(row["scene_index"]), crop)
+    out["positive"] = prepare(products.read(row["positive_index"]), full)
+    out["negative"] = tf.stack([prepare(products.read(row["negative_index"][k]), full)
+                                for k in range(num_neg)])
     return out
 
   ds = tf.data.Dataset.from_generator(
@@ -111,27 +113,30 @@ def padded_host_rows(num_rows: int, global_batch: int, process_index: int,
   return np.where(mask, ids, 0).astype(np.int32), mask
 
 
-def eval_images(paths: list[str], crops: np.ndarray | None, extras: dict[str, np.ndarray], *,
+def eval_images(images: ImageRows | list[str], crops: np.ndarray | None,
+                extras: dict[str, np.ndarray], *,
                 global_batch: int, image_size: int, normalization: str, process_index: int = 0,
                 process_count: int = 1,
                 num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
   """Padded batches of `image` (cropped when `crops` is given), `_mask` and the `extras` rows.
 
   Args:
-    paths: one image file per row.
+    images: one image per row (ImageRows, or one file path per row).
     crops: [rows, 4] normalised crops, or None for whole images.
     extras: more per-row arrays to carry along (e.g. `category`).
   """
-  ids, mask = padded_host_rows(len(paths), global_batch, process_index, process_count)
+  rows = as_rows(images)
+  ids, mask = padded_host_rows(len(rows), global_batch, process_index, process_count)
   if crops is None:
-    crops = np.tile(np.array(preprocess.FULL_IMAGE, np.float32), (len(paths), 1))
-  columns = {"path": np.asarray(paths)[ids], "crop": np.asarray(crops, np.float32)[ids],
+    crops = np.tile(np.array(preprocess.FULL_IMAGE, np.float32), (len(rows), 1))
+  columns = {"image_id": np.asarray(rows.ids, np.int64)[ids],
+             "crop": np.asarray(crops, np.float32)[ids],
              "_mask": mask, **{k: np.asarray(v)[ids] for k, v in extras.items()}}
 
   def load(row):
     out = dict(row)
-    out["image"] = preprocess.load_image(out.pop("path"), out.pop("crop"), image_size,
-                                         normalization)
+    data = rows.source.read(out.pop("image_id"))
+    out["image"] = preprocess.prepare_image(data, out.pop("crop"), image_size, normalization)
     return out
 
   ds = tf.data.Dataset.from_tensor_slices(columns)

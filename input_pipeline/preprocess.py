@@ -104,7 +104,12 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
 FULL_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
 
+def prepare_image(data: tf.Tensor, crop: tf.Tensor, size: int, normalization: str) -> tf.Tensor:
+  """Encoded bytes -> cropped, resized, normalised float32 [size, size, 3]."""
+  image = decode_and_crop(data, crop, min_size=size)
+  return NORMALIZATIONS[normalization](resize(image, size))
+
+
 def load_image(path: tf.Tensor, crop: tf.Tensor, size: int, normalization: str) -> tf.Tensor:
   """File -> cropped, resized, normalised float32 [size, size, 3]."""
-  image = decode_and_crop(tf.io.read_file(path), crop, min_size=size)
-  return NORMALIZATIONS[normalization](resize(image, size))
+  return prepare_image(tf.io.read_file(path), crop, size, normalization)

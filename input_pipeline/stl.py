@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,8 +35,10 @@ class StlData:
   pair_scene: np.ndarray  # [num_pairs] int32
   pair_product: np.ndarray  # [num_pairs] int32
   pair_box: np.ndarray  # [num_pairs, 4] float32 (left, top, right, bottom)
-  image_paths: dict[str, str]  # signature -> file
+  image_paths: dict[str, str]  # signature -> file ({} when images are not files, e.g. TFDS)
   drops: DropReport
+  # [num_pairs] int32 line of each pair in the pair file (for messages that name the record)
+  pair_line: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
   @property
   def pair_category(self) -> np.ndarray:
@@ -134,7 +136,8 @@ def read_pairs(path: str | os.PathLike, report: DropReport):
 def read_stl(root: str | os.PathLike, *, images_dir: str = "images", strict: bool = False,
              category_map: Mapping[str, str] | None = None,
              pairs_file: str = PAIRS_FILE, categories_file: str = CATEGORIES_FILE,
-             check_images: bool = True) -> StlData:
+             check_images: bool = True, categories: Sequence[str] | None = None,
+             bad_images: Mapping[str, str] | None = None) -> StlData:
   """Reads an STL folder: `root/fashion.json`, `root/fashion-cat.json`, `root/<images_dir>/`.
 
   Args:
@@ -144,6 +147,10 @@ def read_stl(root: str | os.PathLike, *, images_dir: str = "images", strict: boo
     category_map: optional category path -> short label overrides.
     pairs_file, categories_file: file names inside root.
     check_images: drop pairs whose scene or product image is missing.
+    categories: keep only these labels (category ids follow this order); pairs of other labels
+      are dropped as unknown categories. Default: every label found, sorted.
+    bad_images: signature -> reason for images that exist but cannot be used (e.g. found
+      undecodable by `image_check`); their pairs are dropped like missing images.
 
   Returns:
     StlData; its `drops` lists every skipped record with file, line, field and reason.
@@ -152,39 +159,74 @@ def read_stl(root: str | os.PathLike, *, images_dir: str = "images", strict: boo
   report = DropReport(strict=strict)
   cat_paths = read_category_map(root / categories_file, report)
   folder = images_lib.ImageFolder(root / images_dir) if check_images else None
+  pairs_path = root / pairs_file
+  return assemble(read_pairs(pairs_path, report), cat_paths, report, pairs_path=pairs_path,
+                  categories_file=categories_file, category_map=category_map,
+                  categories=categories, images=folder, bad_images=bad_images)
+
+
+def assemble(rows: Iterable[tuple[int, str, str, list[float]]], cat_paths: Mapping[str, str],
+             report: DropReport, *, pairs_path: str | os.PathLike,
+             categories_file: str = CATEGORIES_FILE,
+             category_map: Mapping[str, str] | None = None,
+             categories: Sequence[str] | None = None,
+             images: images_lib.ImageFolder | None = None,
+             bad_images: Mapping[str, str] | None = None) -> StlData:
+  """StlData from valid (line, scene, product, box) rows and the product -> category-path map.
+
+  Shared by the folder reader and the TFDS reader (which replays the rows it stored), so both
+  give the same indices for the same records. Pairs whose product has no category, whose label
+  is not in `categories`, or whose images are missing from `images` or listed in `bad_images`
+  are dropped into `report`.
+  """
+  bad_images = bad_images or {}
+  keep = None if categories is None else list(categories)
   scenes: dict[str, int] = {}
   products: dict[str, int] = {}
-  labels: dict[str, int] = {}
+  labels: dict[str, int] = {} if keep is None else {n: i for i, n in enumerate(keep)}
   product_label: list[int] = []
-  pair_scene, pair_product, pair_box = [], [], []
-  pairs_path = root / pairs_file
-  for lineno, scene, product, box in read_pairs(pairs_path, report):
+  pair_scene, pair_product, pair_box, pair_line = [], [], [], []
+  for lineno, scene, product, box in rows:
     if product not in cat_paths:
-      report.drop(pairs_path, lineno, "product", f"product {product} has no category in {categories_file}")
+      report.drop(pairs_path, lineno, "product",
+                  f"product {product} has no category in {categories_file}")
       continue
-    if folder is not None:
-      missing = next((s for s in (scene, product) if s not in folder), None)
+    label = category_label(cat_paths[product], category_map)
+    if keep is not None and label not in labels:
+      report.drop(pairs_path, lineno, "product", f"unknown category {label!r}")
+      continue
+    if images is not None:
+      missing = next((s for s in (scene, product) if s not in images), None)
       if missing:
         report.drop(pairs_path, lineno, "scene" if missing == scene else "product",
                     f"missing image {missing}")
         continue
+    bad = next((s for s in (scene, product) if s in bad_images), None)
+    if bad:
+      report.drop(pairs_path, lineno, "scene" if bad == scene else "product",
+                  f"unusable image {bad}: {bad_images[bad]}")
+      continue
     if product not in products:
-      label = category_label(cat_paths[product], category_map)
       products[product] = len(products)
       product_label.append(labels.setdefault(label, len(labels)))
     pair_scene.append(scenes.setdefault(scene, len(scenes)))
     pair_product.append(products[product])
     pair_box.append(box)
+    pair_line.append(lineno)
   if not pair_scene:
     raise DataError(f"{pairs_path}: no usable (scene, product) pairs ({report.summary()})")
-  # Category ids sorted by name, so that they do not depend on the order of the file.
-  names = sorted(labels)
-  remap = np.array([names.index(n) for n in labels], np.int32)
+  if keep is None:
+    # Category ids sorted by name, so that they do not depend on the order of the file.
+    names = sorted(labels)
+    remap = np.array([names.index(n) for n in labels], np.int32)
+  else:
+    names, remap = keep, np.arange(len(keep), dtype=np.int32)
   paths = {}
-  if folder is not None:
-    paths = {s: folder.path(s) for s in list(scenes) + list(products)}
+  if images is not None:
+    paths = {s: images.path(s) for s in list(scenes) + list(products)}
   return StlData(
       scenes=list(scenes), products=list(products), categories=names,
       product_category=remap[np.array(product_label, np.int32)],
       pair_scene=np.array(pair_scene, np.int32), pair_product=np.array(pair_product, np.int32),
-      pair_box=np.array(pair_box, np.float32).reshape(-1, 4), image_paths=paths, drops=report)
+      pair_box=np.array(pair_box, np.float32).reshape(-1, 4), image_paths=paths, drops=report,
+      pair_line=np.array(pair_line, np.int32))

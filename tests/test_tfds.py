@@ -1,0 +1,143 @@
+"""TFDS builders (stl_fashion, ctl_outfits) against the folder readers, and bad-image handling."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from configs import smoke
+from ctl_jax import train
+from input_pipeline import (ctl, image_check, pipeline, scene_data, stl, synthetic, tfds_builders,
+                            tfds_source, triplets)
+from input_pipeline.drops import DataError
+
+
+def _build(builder_cls, manual_dir, data_dir):
+  builder = builder_cls(data_dir=str(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
+@pytest.fixture(scope="module")
+def small_stl(tmp_path_factory):
+  """A small STL folder with broken images: truncated, garbage, plus CMYK/grey/RGBA that work."""
+  root = tmp_path_factory.mktemp("stl_bad")
+  synthetic.write_stl_dataset(root, num_scenes=40, seed=5, scene_size=(64, 80),
+                              product_size=40, workers=1)
+  data = stl.read_stl(root)
+  scenes, products = data.scenes, data.products
+  path = lambda sig: data.image_paths[sig]
+  whole = open(path(scenes[1]), "rb").read()
+  open(path(scenes[1]), "wb").write(whole[:len(whole) // 2])  # truncated JPEG
+  open(path(products[2]), "wb").write(b"not an image at all")
+  rgb = Image.open(path(products[3])).convert("RGB")
+  rgb.convert("CMYK").save(path(products[3]), "JPEG")  # CMYK JPEG under .jpg: fine
+  # Greyscale and RGBA PNGs under .jpg names: decoded by content, fine.
+  Image.open(path(products[4])).convert("L").save(path(products[4]), "PNG")
+  Image.open(path(products[5])).convert("RGBA").save(path(products[5]), "PNG")
+  return root, {scenes[1], products[2]}
+
+
+def test_image_check_finds_exactly_the_undecodable_files_and_caches(small_stl, tmp_path):
+  root, broken = small_stl
+  data = stl.read_stl(root)
+  cache = tmp_path / "check.json"
+  bad = image_check.check_images(data.image_paths, cache, progress=False)
+  assert set(bad) == broken
+  assert all("undecodable" in reason for reason in bad.values())
+  assert image_check.check_images(data.image_paths, cache, progress=False) == bad  # from cache
+
+
+def test_lenient_drops_pairs_of_broken_images_strict_names_them(small_stl, tmp_path):
+  root, broken = small_stl
+  config = smoke.get_config()
+  config.data.root = str(root)
+  folder = stl.read_stl(root)
+  hit = sum(folder.scenes[s] in broken or folder.products[p] in broken
+            for s, p in zip(folder.pair_scene, folder.pair_product))
+  ds = scene_data.load_scene_dataset(config.data)
+  assert len(ds.stl) == len(folder) - hit > 0
+  assert sum("unusable image" in d.reason for d in ds.drops.drops) == hit
+  assert not broken & (set(ds.stl.scenes) | set(ds.stl.products))
+  train.write_drop_report(ds, str(tmp_path))  # what the trainer leaves in its workdir
+  written = [json.loads(l) for l in (tmp_path / train.DROPS_FILE).read_text().splitlines()]
+  assert [(d["line"], d["reason"]) for d in written] == [(d.line, d.reason)
+                                                         for d in ds.drops.drops]
+  config.data.strict = True
+  with pytest.raises(DataError, match=r"fashion\.json:\d+: field '(scene|product)': unusable"):
+    scene_data.load_scene_dataset(config.data)
+
+
+def test_stl_fashion_equals_the_folder_reader(small_stl, tmp_path):
+  root, broken = small_stl
+  builder = _build(tfds_builders.StlFashion, root, tmp_path)
+  data, scene_images, product_images = tfds_source.load_stl("stl_fashion", str(tmp_path))
+  folder = stl.read_stl(root, bad_images={s: "x" for s in broken})
+  assert (data.scenes, data.products, data.categories) == (
+      folder.scenes, folder.products, folder.categories)
+  for name in ("product_category", "pair_scene", "pair_product", "pair_box", "pair_line"):
+    np.testing.assert_array_equal(getattr(data, name), getattr(folder, name))
+  assert len(data.drops) == len(folder.drops)
+  for sigs, source in ((folder.scenes, scene_images), (folder.products, product_images)):
+    for i, sig in enumerate(sigs):  # the bytes on disk, never re-encoded
+      assert source.bytes_of(i) == open(folder.image_paths[sig], "rb").read()
+  # Splits by scene signature: a scene never straddles train and test.
+  split_scenes = {}
+  for split in ("train", "test"):
+    source = builder.as_data_source(split=split)  # ArrayRecord: random access, not as_dataset
+    split_scenes[split] = {ex["scene"]["signature"].decode() for ex in source}
+  assert not split_scenes["train"] & split_scenes["test"]
+  assert split_scenes["test"] == {s for s in data.scenes if triplets.is_test_signature(s, 0.1)}
+  assert split_scenes["train"] | split_scenes["test"] == set(data.scenes)
+
+
+def test_trainer_reads_tfds_or_folder_by_config_with_identical_batches(small_stl, tmp_path):
+  root, _ = small_stl
+  _build(tfds_builders.StlFashion, root, tmp_path)
+  config = smoke.get_config()
+  config.data.root = str(root)
+  from_folder = scene_data.load_scene_dataset(config.data)
+  config.data.root = ""
+  config.data.tfds_name, config.data.tfds_dir = "stl_fashion", str(tmp_path)
+  from_tfds = scene_data.load_scene_dataset(config.data)
+  np.testing.assert_array_equal(from_tfds.train.pairs, from_folder.train.pairs)
+  np.testing.assert_array_equal(from_tfds.test.crops, from_folder.test.crops)
+  batches = []
+  for ds in (from_folder, from_tfds):
+    sampler = triplets.TripletSampler(ds.stl, ds.train, seed=0)
+    it = pipeline.train_triplets(sampler, ds.scene_images, ds.product_images, global_batch=8,
+                                 image_size=32, normalization="imagenet")
+    batches.append(next(it))
+  for key in ("scene", "positive", "negative", "category"):
+    np.testing.assert_array_equal(batches[0][key], batches[1][key])
+  config.data.test_fraction = 0.2
+  with pytest.raises(DataError, match="test_fraction"):
+    scene_data.load_scene_dataset(config.data)
+
+
+def test_ctl_outfits_keeps_published_splits_and_drops_broken_collages(tmp_path):
+  root = tmp_path / "ctl"
+  synthetic.write_ctl_dataset(root, num_outfits=24, seed=2, image_size=48, workers=1)
+  train = ctl.read_ctl(root, "train")
+  broken = train.outfits[3]
+  open(train.image_paths[broken], "wb").write(b"\xff\xd8\xff garbage")
+  _build(tfds_builders.CtlOutfits, root, tmp_path / "tfds")
+  for split in ("train", "test"):
+    data, images = tfds_source.load_ctl("ctl_outfits", str(tmp_path / "tfds"), split)
+    folder = ctl.read_ctl(root, split, bad_images={broken: "undecodable"})
+    assert (data.outfits, data.categories, data.item_keys) == (
+        folder.outfits, folder.categories, folder.item_keys)
+    np.testing.assert_array_equal(data.item_box, folder.item_box)
+    assert [d.line for d in data.drops.drops] == [d.line for d in folder.drops.drops]
+    for i, sig in enumerate(data.outfits):
+      assert images.bytes_of(i) == open(folder.image_paths[sig], "rb").read()
+  assert broken not in data.outfits and broken in train.outfits
+  dropped = tfds_source.load_ctl("ctl_outfits", str(tmp_path / "tfds"), "train")[0].drops
+  assert sum(broken in d.reason for d in dropped.drops) == int(np.sum(
+      train.item_outfit == train.outfits.index(broken)))
+  image = tf.io.decode_image(images.read(tf.constant(0)), channels=3)
+  assert image.shape[-1] == 3
