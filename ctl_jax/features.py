@@ -11,6 +11,7 @@ items, so a changed backbone or dataset never reads stale features.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -70,15 +71,23 @@ def extract_features(run, state) -> feature_cache.FeatureCache:
   return feature_cache.FeatureCache(root)
 
 
+@functools.lru_cache(maxsize=8)
+def backbone_forward(model, mesh):
+  """The jitted backbone pass of extraction: batch split over `mesh`, features gathered.
+
+  Cached per (model, mesh), so repeated extractions in one process compile once."""
+  return jax.jit(lambda v, x: model.apply(v, x, method="features"),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
 def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
   config = run.config
   if jax.process_index() == 0 or not (root / feature_cache.INDEX).exists():
     feature_cache.write_index(root, manifest)
   mesh = sharding.make_mesh(jax.local_devices())  # each process runs its own shards
   variables = jax.device_put(backbone_variables(state), sharding.replicated(mesh))
-  forward = jax.jit(lambda v, x: run.model.apply(v, x, method="features"),
-                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                    out_shardings=sharding.replicated(mesh))
+  forward = backbone_forward(run.model, mesh)
   batch = config.features.batch_size
   sharding.global_batch_size_check(batch, mesh)
   size = manifest.shard_size

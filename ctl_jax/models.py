@@ -100,7 +100,9 @@ class CTLModel(nn.Module):
   def _triplet_features(self, batch, train: bool):
     """Scene global/regions and product globals, from images (one pass) or from the cache."""
     if "scene_global" in batch:  # cached features (stored as float16)
-      f32 = lambda k: batch[k].astype(jnp.float32)
+      # Converted once and kept (the barrier stops XLA from redoing the conversion inside
+      # every matmul that reads the region map, forward and backward).
+      f32 = lambda k: jax.lax.optimization_barrier(batch[k].astype(jnp.float32))
       return f32("scene_global"), f32("scene_regions"), f32("positive_global"), f32("negative_global")
     scene, positive, negative = batch["scene"], batch["positive"], batch["negative"]
     b, n = negative.shape[:2]
