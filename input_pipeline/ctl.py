@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from input_pipeline import images as images_lib
-from input_pipeline.drops import DataError, DropReport
+from input_pipeline.drops import DataError, DropReport, read_json_document
 
 RAW_COLUMNS = ("image_signature", "bounding_x", "bounding_y", "bounding_width", "bounding_height",
                "label")
@@ -234,19 +233,7 @@ def _is_number(text: str) -> bool:
 def read_fitb(path: str | os.PathLike, report: DropReport) -> list[dict]:
   """FITB questions: [{"question": [item, ...], "answers": [item, ...]}], correct answer first,
   items as (signature, (x, y, w, h), label). Malformed questions are dropped and reported."""
-  try:
-    with open(path) as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise DataError(f"{path}: file not found") from None
-  if not text.strip():
-    raise DataError(f"{path}: file is empty (expected a JSON list of questions)")
-  try:
-    raw = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-  if not isinstance(raw, list):
-    raise DataError(f"{path}: expected a JSON list of questions")
+  raw = read_json_document(path, list, "a JSON list of questions")
   out = []
   for q, entry in enumerate(raw):
     where = (str(path), None)

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from input_pipeline import images as images_lib
-from input_pipeline.drops import DataError, DropReport
+from input_pipeline.drops import DataError, DropReport, read_json_document
 
 PAIRS_FILE = "fashion.json"
 CATEGORIES_FILE = "fashion-cat.json"
@@ -57,19 +57,8 @@ def category_label(path: str, mapping: Mapping[str, str] | None = None) -> str:
 
 def read_category_map(path: str | os.PathLike, report: DropReport) -> dict[str, str]:
   """The product -> category-path object of fashion-cat.json."""
-  try:
-    with open(path) as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise DataError(f"{path}: file not found (the STL product -> category map)") from None
-  if not text.strip():
-    raise DataError(f"{path}: file is empty")
-  try:
-    obj = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-  if not isinstance(obj, dict):
-    raise DataError(f"{path}: expected one JSON object mapping product -> category")
+  obj = read_json_document(path, dict, "one JSON object mapping product -> category",
+                           missing_hint=" (the STL product -> category map)")
   out = {}
   for sig, cat in obj.items():
     if not isinstance(cat, str) or not cat.strip():
