@@ -91,7 +91,7 @@ def _hide_gpus_from_tensorflow():
 def _start():
   """Common start of the commands that run a model: cluster, TensorFlow, per-process logging."""
   _need("config", "workdir")
-  from ctl_jax import cluster
+  from ctl_jax.trainer import cluster
   cluster.join(cluster.spec_from(FLAGS.coordinator_address, FLAGS.num_processes,
                                  FLAGS.process_id, FLAGS.distributed))
   _hide_gpus_from_tensorflow()
@@ -103,10 +103,11 @@ def _run_model_command(name: str):
   """Joins the cluster, then runs `ctl_jax.train.<name>(config, workdir)`; expected failures
   end with their message and exit code 1 (no traceback)."""
   _start()
-  from ctl_jax import checkpoint, nonfinite
-  from ctl_jax import train as train_lib  # after joining: nothing may touch a device before
-  commands = {"train": train_lib.train_and_evaluate, "evaluate": train_lib.evaluate_checkpoint,
-              "extract-features": train_lib.extract_features}
+  from ctl_jax.trainer import checkpoint
+  from ctl_jax.trainer import nonfinite
+  from ctl_jax.trainer import loop  # after joining: nothing may touch a device before
+  commands = {"train": loop.train_and_evaluate, "evaluate": loop.evaluate_checkpoint,
+              "extract-features": loop.extract_features}
   try:
     commands[name](FLAGS.config, FLAGS.workdir)
   except (nonfinite.NonFiniteError, checkpoint.IncompatibleCheckpointError,
@@ -130,8 +131,9 @@ def extract_features():
 def export():
   _need("workdir", "catalogue")
   _hide_gpus_from_tensorflow()
-  from ctl_jax import export as export_lib, serving
-  config = FLAGS.config or serving.config_from_meta(serving.open_checkpoint(FLAGS.workdir)[2])
+  from ctl_jax.serving import export as export_lib
+  from ctl_jax.serving import scene_predictor
+  config = FLAGS.config or scene_predictor.config_from_meta(scene_predictor.open_checkpoint(FLAGS.workdir)[2])
   out = FLAGS.out or f"{FLAGS.workdir}/export"
   manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out, FLAGS.dtype)
   if not manifest:  # written by process 0
@@ -139,7 +141,7 @@ def export():
   print(f"exported {manifest['num_products']} products (step {manifest['model_step']}, "
         f"{manifest['embed_dim']}-d {manifest['dtype']}) to {out}")
   if FLAGS.savedmodel:
-    paths = serving.export_savedmodels(serving.restore_scene_model(FLAGS.workdir, config),
+    paths = scene_predictor.export_savedmodels(scene_predictor.restore_scene_model(FLAGS.workdir, config),
                                        f"{out}/savedmodel")
     print("SavedModels: " + ", ".join(paths.values()))
 
@@ -147,7 +149,7 @@ def export():
 def recommend():
   _need("workdir")
   _hide_gpus_from_tensorflow()
-  from ctl_jax import recommend as recommend_lib
+  from ctl_jax.serving import recommend as recommend_lib
   recommend_lib.recommend(FLAGS.workdir, scene=FLAGS.scene, product=FLAGS.product,
                           categories=FLAGS.category, k=FLAGS.k, quota=FLAGS.quota,
                           embeddings=FLAGS.embeddings, out=FLAGS.out, config=FLAGS.config)
@@ -155,7 +157,7 @@ def recommend():
 
 def generate_data():
   _need("out")
-  from input_pipeline import synthetic
+  from input_pipeline.tools import synthetic
   if FLAGS.format in ("stl", "both"):
     summary = synthetic.write_stl_dataset(FLAGS.out, FLAGS.scenes, FLAGS.seed)
     print(f"{FLAGS.out} (STL): {summary['scenes']} scenes, {summary['products']} products, "
@@ -169,7 +171,7 @@ def generate_data():
 def inspect_data():
   _need("root")
   import json
-  from input_pipeline import inspect_data as inspect_lib
+  from input_pipeline.tools import inspect_data as inspect_lib
   summary = inspect_lib.summarize(FLAGS.format, FLAGS.root)
   print(inspect_lib.format_summary(summary))
   if FLAGS.json:
@@ -179,7 +181,7 @@ def inspect_data():
 
 def download_images():
   _need("annotations", "out")
-  from input_pipeline import download
+  from input_pipeline.tools import download
   report = download.download_images(FLAGS.annotations, FLAGS.out, workers=FLAGS.workers,
                                     base_url=FLAGS["base-url"].value or download.DEFAULT_BASE_URL)
   print(download.format_report(report))

@@ -36,9 +36,16 @@ from PIL import Image  # noqa: E402
 tf.config.set_visible_devices([], "GPU")
 
 from configs import default  # noqa: E402
-from input_pipeline import (ctl, download, image_server, pipeline, scene_data, stl,  # noqa: E402
-                            synthetic, tfds_builders, triplets)
-from input_pipeline.drops import DropReport  # noqa: E402
+from input_pipeline.readers import ctl
+from input_pipeline.tools import download
+from tests import image_server  # noqa: E402  (the test suite's scripted image server)
+from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline.scene import dataset as scene_data
+from input_pipeline.readers import stl
+from input_pipeline.tools import synthetic
+from input_pipeline.readers import tfds_builders
+from input_pipeline.scene import sampler as scene_sampler
+from input_pipeline.readers.drops import DropReport  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -117,13 +124,13 @@ def bench_tf_data(tmp: pathlib.Path, num_scenes: int, batches: int, batch: int =
   # Alternating rounds, best of each: the machine is shared and its load drifts.
   for _ in range(2):
     for name, ds in (("train_files", from_files), ("train_tfds", from_tfds)):
-      sampler = triplets.TripletSampler(ds.stl, ds.train, seed=0)
-      it = pipeline.train_triplets(sampler, ds.scene_images, ds.product_images,
+      sampler = scene_sampler.TripletSampler(ds.stl, ds.train, seed=0)
+      it = scene_pipeline.train_triplets(sampler, ds.scene_images, ds.product_images,
                                    global_batch=batch, image_size=224, normalization="caffe")
       rate = _images_per_second(it, batches, 3 * batch)  # scene, positive, negative
       out[name] = max(out.get(name, 0.0), round(rate, 1))
-  rows = pipeline.as_rows([from_files.stl.image_paths[p] for p in from_files.stl.products])
-  data = pipeline.eval_images(rows, None, {}, global_batch=batch, image_size=224,
+  rows = scene_pipeline.as_rows([from_files.stl.image_paths[p] for p in from_files.stl.products])
+  data = scene_pipeline.eval_images(rows, None, {}, global_batch=batch, image_size=224,
                               normalization="caffe").repeat()
   out["eval_products_files"] = round(_images_per_second(data.as_numpy_iterator(), batches,
                                                         batch), 1)

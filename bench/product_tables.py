@@ -37,7 +37,7 @@ tf.config.set_visible_devices([], "GPU")
 from absl import logging  # noqa: E402
 
 from configs import product_default, product_demo  # noqa: E402
-from ctl_jax import train  # noqa: E402
+from ctl_jax.trainer import loop  # noqa: E402
 
 CONFIGS = {"demo": product_demo.get_config, "default": product_default.get_config}
 METHODS = {
@@ -73,7 +73,7 @@ def run_one(base_config, out: Path, name: str, loss: dict, fraction: float, step
     config.train.num_steps = steps
   for key, value in loss.items():
     config.loss[key] = value
-  return train.train_and_evaluate(config, str(workdir))
+  return loop.train_and_evaluate(config, str(workdir))
 
 
 def _row(label: str, values: dict) -> str:
@@ -100,7 +100,7 @@ def main():
   parser.add_argument("--data", required=True, help="a CTL-format folder")
   parser.add_argument("--out", required=True, help="folder of the runs and tables")
   parser.add_argument("--config", default="demo", choices=sorted(CONFIGS))
-  parser.add_argument("--steps", type=int, default=None, help="override train.num_steps")
+  parser.add_argument("--steps", type=int, default=None, help="override loop.num_steps")
   parser.add_argument("--fractions", default="0.125,0.25,0.5,1",
                       help="training-set fractions of the sweep")
   parser.add_argument("--methods", default=",".join(METHODS))

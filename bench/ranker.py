@@ -50,7 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ctl_jax import ranker  # noqa: E402
+from ctl_jax.serving import ranker  # noqa: E402
 
 
 def _times(fn, repeats: int) -> np.ndarray:
@@ -78,7 +78,7 @@ def memory_bandwidth(num_bytes: int) -> dict:
 def per_pair_seconds(num_pairs: int) -> float:
   """Seconds per (scene, product) pair when the model is called once per pair."""
   from configs import default
-  from ctl_jax import train_state
+  from ctl_jax.trainer import state as train_state
   config = default.get_config()
   model = train_state.create_model(config.model, 10)
   rng = np.random.default_rng(0)

@@ -39,7 +39,7 @@ def _worker_env(devices: int) -> dict:
 def _import_trainer():
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
-  from ctl_jax import train
+  from ctl_jax.trainer import loop
   return train
 
 
@@ -56,20 +56,20 @@ def _config(name: str, data_root: str, batch: int):
 
 def scaling_worker(args) -> dict:
   """ms per step on this process's devices (a collective run when args.num_processes > 1)."""
-  from ctl_jax import cluster
+  from ctl_jax.trainer import cluster
   if args.num_processes > 1:
     cluster.join(cluster.spec_from(f"127.0.0.1:{args.port}", args.num_processes,
                                    args.process_id))
   train = _import_trainer()
   import jax
-  from ctl_jax import sharding
+  from ctl_jax.trainer import sharding
   config = _config(args.config, args.data, args.batch)
   with tempfile.TemporaryDirectory() as workdir:
-    run = train.setup(config, workdir)
+    run = loop.setup(config, workdir)
     state = run.fresh_state()
-    step_fn = train.make_train_step(run, state)
-    batches = train.train_batches(run, 0, None)
-    to_device = lambda: sharding.to_global(train.step_inputs(run, next(batches)), run.mesh)
+    step_fn = loop.make_train_step(run, state)
+    batches = loop.train_batches(run, 0, None)
+    to_device = lambda: sharding.to_global(loop.step_inputs(run, next(batches)), run.mesh)
 
     def timed(get_batch, steps):
       nonlocal state
@@ -93,11 +93,11 @@ def checkpoint_worker(args) -> dict:
   """Save/restore times of configs/default.py (ResNet-50) and the cost of a resume."""
   train = _import_trainer()
   import jax
-  from ctl_jax import checkpoint
+  from ctl_jax.trainer import checkpoint
   config = _config("default", args.data, 8)
   out = {}
   with tempfile.TemporaryDirectory() as workdir:
-    run = train.setup(config, workdir)
+    run = loop.setup(config, workdir)
     jax.block_until_ready(run.restore_or_init())  # compiles the initialisation once
     t = time.perf_counter()
     state = run.restore_or_init()  # empty workdir: a fresh start
@@ -125,10 +125,10 @@ def checkpoint_worker(args) -> dict:
     t = time.perf_counter()
     checkpoint.state_checksums(restored)
     out["verify_s"] = time.perf_counter() - t
-    next(train.train_batches(run, 0, None))  # tf.data's one-off start-up
+    next(loop.train_batches(run, 0, None))  # tf.data's one-off start-up
     for start, name in ((0, "step_0"), (1_000_000, "step_1M")):
       t = time.perf_counter()
-      next(train.train_batches(run, start, None))
+      next(loop.train_batches(run, start, None))
       out[f"first_batch_{name}_s"] = time.perf_counter() - t
   out["resume_extra_s"] = (out["start_resumed_s"] - out["start_fresh_s"]
                            + out["first_batch_step_1M_s"] - out["first_batch_step_0_s"])
@@ -179,7 +179,7 @@ def main():
       print(json.dumps(result), flush=True)
     return
 
-  from input_pipeline import synthetic
+  from input_pipeline.tools import synthetic
   with tempfile.TemporaryDirectory() as data:
     synthetic.write_stl_dataset(data, num_scenes=args.scenes, seed=0, scene_size=(96, 128),
                                 product_size=64, workers=1)

@@ -44,14 +44,18 @@ import tensorflow as tf  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")
 
-from ctl_jax import features, models, sharding, train, train_state  # noqa: E402
-from input_pipeline import synthetic  # noqa: E402
+from ctl_jax.trainer import features
+from ctl_jax.scene import model as scene_model
+from ctl_jax.trainer import sharding
+from ctl_jax.trainer import loop
+from ctl_jax.trainer import state as train_state  # noqa: E402
+from input_pipeline.tools import synthetic  # noqa: E402
 
 STL_PAIRS, STL_SCENES, STL_PRODUCTS = 72_198, 47_739, 38_111  # published STL-Fashion scale
 SEED_CROPS = 16  # the blog's 4 x 4 grid of scene crops
 
 
-class SeedStyleModel(models.CTLModel):
+class SeedStyleModel(scene_model.CTLModel):
   """The blog's model: region features are backbone passes over a 4x4 grid of scene crops."""
 
   def _triplet_features(self, batch, train: bool):
@@ -146,19 +150,19 @@ def seed_style(config, steps: int) -> dict:
                               "positive": image(b), "negative": image(b, 1),
                               "category": np.arange(b, dtype=np.int32) % 8}, mesh)
   run = argparse.Namespace(config=config, model=model, schedule=schedule, mesh=mesh,
-                           task=train.TASKS["scene"]())
-  step_fn = train.make_train_step(run, state)
+                           task=loop.TASKS["scene"]())
+  step_fn = loop.make_train_step(run, state)
   _, seconds, terms = timed_steps(step_fn, state, iter(lambda: batch, None), steps)
   return {"seconds": seconds, "triplets": terms, "pairs": steps * b}
 
 
 def trainer_mode(config, workdir: str, steps: int) -> dict:
   """The real trainer's step and input pipeline (images or the feature cache)."""
-  run = train.setup(config, workdir)
+  run = loop.setup(config, workdir)
   state = run.fresh_state()
-  step_fn = train.make_train_step(run, state)
+  step_fn = loop.make_train_step(run, state)
   cache = run.feature_cache(state)
-  batches = sharding.prefetch_to_device(train.train_batches(run, 0, cache), run.mesh,
+  batches = sharding.prefetch_to_device(loop.train_batches(run, 0, cache), run.mesh,
                                         size=config.input.prefetch, keys=run.task.step_inputs)
   device_batches = (device for _, device in batches)
   _, seconds, terms = timed_steps(step_fn, state, device_batches, steps)
@@ -170,7 +174,7 @@ def extraction(config, workdir: str) -> dict:
 
   The backbone is compiled first, as the training modes exclude their compiling step: on a
   small dataset the compile would otherwise dominate, at STL scale it does not matter."""
-  run = train.setup(config, workdir)
+  run = loop.setup(config, workdir)
   state = run.fresh_state()
   items = run.task.cache_items(run.data)
   size = config.input.image_size
@@ -203,15 +207,15 @@ def peak_memory(scenes: list[int], steps: int) -> list[dict]:
 def probe(kind: str, root: str, steps: int) -> None:
   """Child process of peak_memory: does one job and prints its peak RSS as JSON."""
   config = load_config("demo", os.path.join(root, "data"), **{
-      "features.shard_size": 512, "train.num_steps": steps, "train.log_every_steps": steps,
-      "train.checkpoint_every_steps": 10 * steps})
+      "features.shard_size": 512, "loop.num_steps": steps, "loop.log_every_steps": steps,
+      "loop.checkpoint_every_steps": 10 * steps})
   workdir = os.path.join(root, "run")
   with contextlib.redirect_stdout(sys.stderr):
     if kind == "extract":
-      cache = train.extract_features(config, workdir)
+      cache = loop.extract_features(config, workdir)
       rows = sum(len(keys) for keys in cache.manifest.keys.values())
     else:
-      train.train(train.setup(config, workdir))
+      loop.train(loop.setup(config, workdir))
       rows = steps * config.input.batch_size
   peak_mb = _peak_rss_mb()
   print(json.dumps({f"{kind}_peak_rss_mb": round(peak_mb, 1), f"{kind}_rows": rows}))

@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.format = "stl"
   config.data.root = ""  # an STL-format folder
-  # Or a prepared TFDS dataset (python -m input_pipeline.tfds_build stl_fashion ...), which
+  # Or a prepared TFDS dataset (python -m input_pipeline.tools.tfds_build stl_fashion ...), which
   # replaces `root`: its name (e.g. "stl_fashion") and data_dir ("": ~/tensorflow_datasets).
   config.data.tfds_name = ""
   config.data.tfds_dir = ""

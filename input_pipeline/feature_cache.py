@@ -28,7 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
-from input_pipeline.drops import DataError
+from input_pipeline.readers.drops import DataError
 
 KINDS = ("products", "scenes")  # the scene task's kinds; a task names its own in cache_items
 INDEX = "index.json"

@@ -24,7 +24,7 @@ def optimized_compilation():
   yield
   jax.config.update("jax_disable_most_optimizations", True)
 
-from input_pipeline import synthetic  # noqa: E402
+from input_pipeline.tools import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")

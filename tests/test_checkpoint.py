@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from ctl_jax import checkpoint, train
+from ctl_jax.trainer import checkpoint
+from ctl_jax.trainer import loop
 
 
 def _leaves_equal(a, b):
@@ -12,7 +13,7 @@ def _leaves_equal(a, b):
 
 
 def test_save_restore_round_trip(smoke_config, tmp_path):
-  run = train.setup(smoke_config, str(tmp_path))
+  run = loop.setup(smoke_config, str(tmp_path))
   state = run.fresh_state()
   state = state.replace(step=state.step + 7,
                         params=jax.tree.map(lambda x: x + 0.5, state.params))
@@ -31,23 +32,23 @@ def test_save_restore_round_trip(smoke_config, tmp_path):
 def test_resume_after_interruption_matches_uninterrupted_run(smoke_config, tmp_path):
   smoke_config.train.num_steps = 6
   smoke_config.train.checkpoint_every_steps = 2
-  straight = train.train(train.setup(smoke_config, str(tmp_path / "straight")))
+  straight = loop.train(loop.setup(smoke_config, str(tmp_path / "straight")))
 
   interrupted = tmp_path / "interrupted"
-  stopped = train.train(train.setup(smoke_config, str(interrupted)), stop_after_step=3)
+  stopped = loop.train(loop.setup(smoke_config, str(interrupted)), stop_after_step=3)
   assert int(stopped.step) == 3
-  run = train.setup(smoke_config, str(interrupted))  # a new run of the same command
+  run = loop.setup(smoke_config, str(interrupted))  # a new run of the same command
   assert run.checkpointer.latest_step() == 3
-  resumed = train.train(run)
+  resumed = loop.train(run)
   assert int(resumed.step) == 6
   np.testing.assert_equal(jax.device_get(resumed.params), jax.device_get(straight.params))
   np.testing.assert_equal(jax.device_get(resumed.opt_state), jax.device_get(straight.opt_state))
 
 
 def test_checkpoint_of_other_categories_is_refused(smoke_config, tmp_path):
-  run = train.setup(smoke_config, str(tmp_path))
+  run = loop.setup(smoke_config, str(tmp_path))
   state = run.fresh_state()
   run.checkpointer.save(1, state, {"categories": ["Hats"]}, force=True)
   run.checkpointer.wait()
   with pytest.raises(ValueError, match="categories"):
-    train.setup(smoke_config, str(tmp_path)).restore_or_init()
+    loop.setup(smoke_config, str(tmp_path)).restore_or_init()

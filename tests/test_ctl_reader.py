@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from input_pipeline import ctl, synthetic
-from input_pipeline.drops import DataError, DropReport
+from input_pipeline.readers import ctl
+from input_pipeline.tools import synthetic
+from input_pipeline.readers.drops import DataError, DropReport
 
 DATA = pathlib.Path(__file__).parent / "data"
 

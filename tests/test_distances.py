@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctl_jax import distances, losses
+from ctl_jax.scene import distances
+from ctl_jax.nn import losses
 
 
 def _hand_example():

@@ -6,7 +6,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from input_pipeline import download, image_server, images
+from input_pipeline.tools import download
+import image_server
+from input_pipeline.readers import image_folder
 
 
 def _sig(i: int) -> str:
@@ -53,7 +55,7 @@ def test_downloads_verifies_reports_failures_and_resumes(tmp_path):
     assert (report["downloaded"], report["failed"], report["already_present"]) == (7, 6, 0)
     assert report["annotation_drops"] == 1  # the malformed line, reported, not fatal
     for s in ok:  # the nested layout, byte for byte
-      assert (out / images.nested_relpath(s)).read_bytes() == served[s]
+      assert (out / image_folder.nested_relpath(s)).read_bytes() == served[s]
     failures = {f["signature"]: f for f in report["failures"]}
     assert set(failures) == set(BEHAVIOURS) - {_sig(103)}
     assert (failures[_sig(100)]["status"], failures[_sig(100)]["attempts"]) == (403, 1)
@@ -65,14 +67,14 @@ def test_downloads_verifies_reports_failures_and_resumes(tmp_path):
     assert "not a decodable image" in failures[_sig(106)]["reason"]
     assert server.requests[_sig(103)] == 2  # the flaky one: retried once, then fine
     for s in failures:  # nothing, not even a partial file, for a failed image
-      assert not (out / images.nested_relpath(s)).exists()
+      assert not (out / image_folder.nested_relpath(s)).exists()
     assert not list(out.rglob("*" + download.PART_SUFFIX))
     written = json.loads((out / download.REPORT_FILE).read_text())
     assert written["failures"] == report["failures"]
     assert "HTTP 403" in download.format_report(report)
 
     # A killed run's temporary file is cleaned; finished images are not requested again.
-    stale = out / images.nested_relpath(_sig(101))
+    stale = out / image_folder.nested_relpath(_sig(101))
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.with_name(stale.name + ".123.456" + download.PART_SUFFIX).write_bytes(b"half")
     before = dict(server.requests)

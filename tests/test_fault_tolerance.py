@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctl_jax import checkpoint, nonfinite, reporting, scene_task, train
+from ctl_jax.trainer import checkpoint
+from ctl_jax.trainer import nonfinite
+from ctl_jax.trainer import run_log
+from ctl_jax.scene import task as scene_task
+from ctl_jax.trainer import loop
 
 
 def _leaves_equal(a, b):
@@ -21,7 +25,7 @@ def _leaves_equal(a, b):
 
 def _saved_states(smoke_config, workdir, steps=(2, 4)):
   """A run whose checkpoints at `steps` hold distinct states (params + step)."""
-  run = train.setup(smoke_config, str(workdir))
+  run = loop.setup(smoke_config, str(workdir))
   states = {}
   for step in steps:
     state = run.fresh_state()
@@ -58,7 +62,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(smoke_config, tmp_path
                                                           caplog):
   _, states = _saved_states(smoke_config, tmp_path)
   damage(_largest_state_file(tmp_path, 4))
-  run = train.setup(smoke_config, str(tmp_path))  # a new run of the same command
+  run = loop.setup(smoke_config, str(tmp_path))  # a new run of the same command
   with caplog.at_level(logging.ERROR):
     restored = run.restore_or_init()
   assert int(restored.step) == 2
@@ -74,7 +78,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(smoke_config, tmp_pa
   _saved_states(smoke_config, tmp_path, steps=(2,))
   _truncate(_largest_state_file(tmp_path, 2))
   with pytest.raises(checkpoint.CorruptCheckpointError, match="no usable checkpoint"):
-    train.setup(smoke_config, str(tmp_path)).restore_or_init()
+    loop.setup(smoke_config, str(tmp_path)).restore_or_init()
 
 
 def test_checkpoint_of_incompatible_config_names_the_fields(smoke_config, tmp_path):
@@ -83,7 +87,7 @@ def test_checkpoint_of_incompatible_config_names_the_fields(smoke_config, tmp_pa
   smoke_config.optimizer.name = "sgd"
   smoke_config.optimizer.learning_rate = 0.5  # not a state field: allowed to change
   with pytest.raises(checkpoint.IncompatibleCheckpointError) as error:
-    train.setup(smoke_config, str(tmp_path)).restore_or_init()
+    loop.setup(smoke_config, str(tmp_path)).restore_or_init()
   message = str(error.value)
   assert "model.embed_dim: 16 -> 24" in message and "optimizer.name: 'adam' -> 'sgd'" in message
   assert "learning_rate" not in message.split("(Fields")[0]
@@ -94,7 +98,7 @@ def test_checkpoint_of_incompatible_config_names_the_fields(smoke_config, tmp_pa
 def test_changed_non_state_settings_resume(smoke_config, tmp_path):
   _, states = _saved_states(smoke_config, tmp_path, steps=(2,))
   smoke_config.optimizer.learning_rate = 0.5
-  restored = train.setup(smoke_config, str(tmp_path)).restore_or_init()
+  restored = loop.setup(smoke_config, str(tmp_path)).restore_or_init()
   assert int(restored.step) == 2 and _leaves_equal(jax.device_get(restored.params),
                                                    states[2].params)
 
@@ -125,14 +129,14 @@ def _step_signatures(run, step):
 
 def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(smoke_config, tmp_path,
                                                             monkeypatch, caplog):
-  monkeypatch.setitem(train.TASKS, "scene", PoisonedTask)
+  monkeypatch.setitem(loop.TASKS, "scene", PoisonedTask)
   smoke_config.train.num_steps = 6
   smoke_config.train.log_every_steps = 2  # the flag is read at step 4, one step after the fault
   smoke_config.train.checkpoint_every_steps = 2
-  run = train.setup(smoke_config, str(tmp_path))
+  run = loop.setup(smoke_config, str(tmp_path))
   with caplog.at_level(logging.ERROR), pytest.raises(nonfinite.NonFiniteError,
                                                      match=r"at step 3 .*checkpoint, step 2,"):
-    train.train(run)
+    loop.train(run)
   assert run.checkpointer.all_steps() == [2]
   restored = run.restore_or_init()
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(restored.params)))
@@ -145,13 +149,13 @@ def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(smoke_config, tmp_p
 
 
 def test_nonfinite_step_skipped_by_config(smoke_config, tmp_path, monkeypatch):
-  monkeypatch.setitem(train.TASKS, "scene", PoisonedTask)
+  monkeypatch.setitem(loop.TASKS, "scene", PoisonedTask)
   smoke_config.train.num_steps = 4
   smoke_config.train.log_every_steps = 1
   smoke_config.train.checkpoint_every_steps = 1
   smoke_config.train.on_nonfinite = "skip"
-  run = train.setup(smoke_config, str(tmp_path))
-  final = train.train(run)
+  run = loop.setup(smoke_config, str(tmp_path))
+  final = loop.train(run)
   assert int(final.step) == 4
   like = run.fresh_state()
   saved = {s: jax.device_get(run.checkpointer.restore(like, s)[0]) for s in (2, 3, 4)}
@@ -160,7 +164,7 @@ def test_nonfinite_step_skipped_by_config(smoke_config, tmp_path, monkeypatch):
   assert _leaves_equal(saved[3].opt_state, saved[2].opt_state)
   assert not _leaves_equal(saved[4].params, saved[3].params)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved[4].params))
-  with open(tmp_path / reporting.METRICS_FILE) as f:
+  with open(tmp_path / run_log.METRICS_FILE) as f:
     lines = [json.loads(line) for line in f]
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
   assert [l["skipped_steps"] for l in lines] == [0, 0, 1, 1]
@@ -180,13 +184,13 @@ def _tensorboard_scalars(logdir):
 
 def test_metrics_jsonl_and_tensorboard(smoke_config, tmp_path):
   smoke_config.train.log_every_steps = 1
-  run = train.setup(smoke_config, str(tmp_path))
-  train.train(run, stop_after_step=3)
-  train.train(train.setup(smoke_config, str(tmp_path)))  # resumes at 3, logs step 4
-  with open(tmp_path / reporting.METRICS_FILE) as f:
+  run = loop.setup(smoke_config, str(tmp_path))
+  loop.train(run, stop_after_step=3)
+  loop.train(loop.setup(smoke_config, str(tmp_path)))  # resumes at 3, logs step 4
+  with open(tmp_path / run_log.METRICS_FILE) as f:
     lines = [json.loads(line) for line in f]
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
-  board = _tensorboard_scalars(tmp_path / reporting.TENSORBOARD_DIR)
+  board = _tensorboard_scalars(tmp_path / run_log.TENSORBOARD_DIR)
   for name in ("loss", "triplet_accuracy", "learning_rate", "triplets_per_second"):
     assert sorted(board[f"train/{name}"]) == [1, 2, 3, 4]
     # metrics.jsonl has every bit of the float32 value (TensorBoard stores float32).

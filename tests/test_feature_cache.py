@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from ctl_jax import sharding, steps, train
+from ctl_jax.trainer import sharding
+from ctl_jax.scene import steps as scene_steps
+from ctl_jax.trainer import loop
 from input_pipeline import feature_cache
-from input_pipeline.drops import DataError
+from input_pipeline.readers.drops import DataError
 
 
 def _features_config(smoke_config):
@@ -20,17 +22,17 @@ def _features_config(smoke_config):
 
 def test_cached_features_give_the_image_path_loss(smoke_config, tmp_path):
   config = _features_config(smoke_config)
-  run = train.setup(config, str(tmp_path))
+  run = loop.setup(config, str(tmp_path))
   state = run.fresh_state()
   cache = run.feature_cache(state)
-  images = next(train.train_batches(run, 5, None))
-  cached = next(train.train_batches(run, 5, cache))
+  images = next(loop.train_batches(run, 5, None))
+  cached = next(loop.train_batches(run, 5, cache))
   for key in ("pair_index", "positive_index", "negative_index", "category"):
     np.testing.assert_array_equal(images[key], cached[key])  # the same triplets
   loss = lambda batch: jax.jit(functools.partial(
-      steps.triplet_loss, model=run.model, margin=0.5, reduction="sum"))(
+      scene_steps.triplet_loss, model=run.model, margin=0.5, reduction="sum"))(
           state.params, state, sharding.to_global(
-              train.step_inputs(run, batch), run.mesh))[0]
+              loop.step_inputs(run, batch), run.mesh))[0]
   image_loss, cached_loss = float(loss(images)), float(loss(cached))
   assert image_loss > 0
   assert cached_loss == pytest.approx(image_loss, rel=2e-3)  # float16 storage
@@ -38,7 +40,7 @@ def test_cached_features_give_the_image_path_loss(smoke_config, tmp_path):
 
 def test_extraction_resumes_and_keeps_finished_shards(smoke_config, tmp_path):
   config = _features_config(smoke_config)
-  run = train.setup(config, str(tmp_path))
+  run = loop.setup(config, str(tmp_path))
   state = run.fresh_state()
   cache = run.feature_cache(state)
   root = cache.root
@@ -61,7 +63,7 @@ def test_extraction_resumes_and_keeps_finished_shards(smoke_config, tmp_path):
 
 def test_other_backbone_weights_use_another_cache(smoke_config, tmp_path):
   config = _features_config(smoke_config)
-  run = train.setup(config, str(tmp_path))
+  run = loop.setup(config, str(tmp_path))
   first = run.feature_cache(run.fresh_state())
   other = run.fresh_state()
   other = other.replace(frozen_params=jax.tree.map(lambda x: x * 1.5, other.frozen_params))
@@ -74,6 +76,6 @@ def test_other_backbone_weights_use_another_cache(smoke_config, tmp_path):
 def test_features_need_a_frozen_backbone(smoke_config, tmp_path):
   config = _features_config(smoke_config)
   config.model.freeze_backbone = False
-  run = train.setup(config, str(tmp_path))
+  run = loop.setup(config, str(tmp_path))
   with pytest.raises(ValueError, match="freeze_backbone"):
     run.feature_cache(run.fresh_state())

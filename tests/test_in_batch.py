@@ -7,8 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctl_jax import losses, sharding, steps, train_state
-from input_pipeline import stl, triplets
+from ctl_jax.nn import losses
+from ctl_jax.trainer import sharding
+from ctl_jax.scene import steps as scene_steps
+from ctl_jax.trainer import state as train_state
+from input_pipeline.readers import stl
+from input_pipeline.scene import sampler as scene_sampler
 
 
 def test_mask_by_hand():
@@ -56,7 +60,7 @@ def test_in_batch_loss_equals_triplet_loss_when_only_own_negatives_are_valid(smo
            "scene_products": np.arange(b, dtype=np.int32)[:, None]}
   batch = sharding.to_global(batch, mesh)
   loss = lambda in_batch: jax.jit(functools.partial(
-      steps.triplet_loss, model=model, margin=1.5, reduction="sum", in_batch=in_batch))(
+      scene_steps.triplet_loss, model=model, margin=1.5, reduction="sum", in_batch=in_batch))(
           state.params, state, batch)
   plain, (_, _, _, plain_terms) = loss(False)
   in_batch, (_, _, _, terms) = loss(True)
@@ -67,7 +71,7 @@ def test_in_batch_loss_equals_triplet_loss_when_only_own_negatives_are_valid(smo
 
 def test_scene_product_table_lists_every_product_of_each_scene(stl_root):
   data = stl.read_stl(stl_root)
-  table = triplets.scene_product_table(data)
+  table = scene_sampler.scene_product_table(data)
   for s in range(len(data.scenes)):
     expected = sorted(data.pair_product[data.pair_scene == s])
     row = table[s]

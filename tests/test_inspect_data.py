@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from input_pipeline import images, inspect_data, synthetic
+from input_pipeline.readers import image_folder
+from input_pipeline.tools import inspect_data
+from input_pipeline.tools import synthetic
 
 ROOT = Path(__file__).parent.parent
 
@@ -30,7 +32,7 @@ def test_stl_summary_by_hand(tmp_path):
             lines[0]]  # blank, malformed, inverted box, duplicate
   (tmp_path / "fashion.json").write_text("\n".join(lines) + "\n")
   for sig in (s1, p1, p2, p3):  # s2 is missing; one flat and some nested files
-    _jpeg(tmp_path / "images" / (f"{sig}.jpg" if sig == s1 else images.nested_relpath(sig)))
+    _jpeg(tmp_path / "images" / (f"{sig}.jpg" if sig == s1 else image_folder.nested_relpath(sig)))
   s = inspect_data.summarize("stl", tmp_path)
   assert (s["groups"], s["items"], s["products"]) == (2, 3, 3)
   assert s["categories"] == {"Shoes": 2, "Handbags": 1}

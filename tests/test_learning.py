@@ -6,8 +6,8 @@ import json
 import pytest
 
 from configs import demo
-from ctl_jax import train
-from input_pipeline import synthetic
+from ctl_jax.trainer import loop
+from input_pipeline.tools import synthetic
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_demo_config_beats_popularity_and_untrained_on_held_out_scenes(
   config = demo.get_config()
   config.data.root = str(root)
   config.train.num_steps = 800
-  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
   for key in ("auc", "hr@1", "hr@10", "hr@50", "category_hr@10", "protocol"):
@@ -42,7 +42,7 @@ def test_product_demo_config_beats_popularity_and_untrained_on_held_out_outfits(
   config.data.root = str(root)
   config.train.num_steps = 600
   config.eval.popularity_train_items = 300
-  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
   for key in ("r@1", "r@5", "r@10", "fitb", "category_accuracy", "protocol"):

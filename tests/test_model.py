@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctl_jax import backbones, sharding, steps, train_state
+from ctl_jax.nn import backbones
+from ctl_jax.trainer import sharding
+from ctl_jax.scene import steps as scene_steps
+from ctl_jax.trainer import state as train_state
 
 
 def test_resnet50_outputs_and_parameter_count_match_keras():
@@ -62,7 +65,7 @@ def test_frozen_backbone_has_no_gradients_or_optimizer_state(smoke_config, freez
            "negative": rng.normal(size=(4, 1, size, size, 3)).astype(np.float32),
            "category": np.arange(4, dtype=np.int32)}
   before = jax.device_get(state)
-  step = jax.jit(functools.partial(steps.train_step, model=model, margin=1.0, reduction="mean",
+  step = jax.jit(functools.partial(scene_steps.train_step, model=model, margin=1.0, reduction="mean",
                                    schedule=lambda s: 1e-3))
   after, _ = step(state, sharding.to_global(batch, mesh))
   after = jax.device_get(after)
@@ -98,7 +101,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_the_float32_loss(smoke_co
                                                      method=model.features))(batch["scene"]))
     assert ("bf16[" in jaxpr) == (dtype == "bfloat16")  # the convolutions compute in `dtype`
     losses[dtype] = float(jax.jit(functools.partial(
-        steps.triplet_loss, model=model, margin=1.0, reduction="mean"))(
+        scene_steps.triplet_loss, model=model, margin=1.0, reduction="mean"))(
             state.params, state, batch)[0])
   assert losses["float32"] > 0
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)

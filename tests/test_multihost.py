@@ -14,14 +14,16 @@ import jax
 import numpy as np
 import pytest
 
-from ctl_jax import checkpoint, reporting, train
+from ctl_jax.trainer import checkpoint
+from ctl_jax.trainer import run_log
+from ctl_jax.trainer import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900  # seconds; generous: several engineers share 2 cores
 
 
 def _command(smoke_config, workdir, **overrides):
-  fields = {"data.root": smoke_config.data.root, "train.log_every_steps": 1, **overrides}
+  fields = {"data.root": smoke_config.data.root, "loop.log_every_steps": 1, **overrides}
   return ([sys.executable, os.path.join(ROOT, "run.py"), "train", "--config",
            os.path.join(ROOT, "configs", "smoke.py"), f"--workdir={workdir}"]
           + [f"--config.{k}={v}" for k, v in fields.items()])
@@ -42,7 +44,7 @@ def _free_port():
 
 
 def _metrics(workdir):
-  path = os.path.join(workdir, reporting.METRICS_FILE)
+  path = os.path.join(workdir, run_log.METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -51,7 +53,7 @@ def _metrics(workdir):
 
 def _final_params(smoke_config, workdir):
   """Params of the latest checkpoint of `workdir`, restored in this (4-device) process."""
-  run = train.setup(smoke_config, str(workdir))
+  run = loop.setup(smoke_config, str(workdir))
   return jax.device_get(run.restore_or_init().params)
 
 
@@ -67,12 +69,12 @@ def test_two_processes_match_one_process(smoke_config, tmp_path):
   smoke_config.train.log_every_steps = 1
   smoke_config.train.num_steps = 4
   single = tmp_path / "single"
-  train.train(train.setup(smoke_config, str(single)))
+  loop.train(loop.setup(smoke_config, str(single)))
 
   multi = tmp_path / "multi"
   port = _free_port()
   processes = [subprocess.Popen(
-      _command(smoke_config, multi, **{"train.num_steps": 4, "eval.baselines": False})
+      _command(smoke_config, multi, **{"loop.num_steps": 4, "eval.baselines": False})
       + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
       for i in range(2)]
@@ -120,14 +122,14 @@ def uninterrupted_params(tmp_path_factory, stl_root):
   config.train.num_steps = NUM_STEPS
   config.train.log_every_steps = 1
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  return jax.device_get(train.train(train.setup(config, str(workdir))).params)
+  return jax.device_get(loop.train(loop.setup(config, str(workdir))).params)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_and_exits_0_then_resumes_exactly(smoke_config, tmp_path, sig,
                                                        uninterrupted_params):
   smoke_config.train.num_steps = NUM_STEPS
-  process = subprocess.Popen(_command(smoke_config, tmp_path, **{"train.num_steps": NUM_STEPS}),
+  process = subprocess.Popen(_command(smoke_config, tmp_path, **{"loop.num_steps": NUM_STEPS}),
                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, cwd=ROOT)
   _wait_for_step(process, tmp_path, 3)
@@ -141,14 +143,14 @@ def test_signal_saves_and_exits_0_then_resumes_exactly(smoke_config, tmp_path, s
   assert 3 <= stopped_at < NUM_STEPS and f"stopped by {sig.name} after step {stopped_at}" in err
   ckpt = checkpoint.Checkpointer(tmp_path, save_every_steps=2, max_to_keep=3)
   assert ckpt.latest_step() == stopped_at  # the step it finished, not the last periodic save
-  resumed = train.train(train.setup(smoke_config, str(tmp_path)))
+  resumed = loop.train(loop.setup(smoke_config, str(tmp_path)))
   assert int(resumed.step) == NUM_STEPS
   np.testing.assert_equal(jax.device_get(resumed.params), uninterrupted_params)
 
 
 def test_kill_9_then_rerun_resumes_exactly(smoke_config, tmp_path, uninterrupted_params):
   smoke_config.train.num_steps = NUM_STEPS
-  command = _command(smoke_config, tmp_path, **{"train.num_steps": NUM_STEPS})
+  command = _command(smoke_config, tmp_path, **{"loop.num_steps": NUM_STEPS})
   process = subprocess.Popen(command, env=_env(4), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
   ckpt = checkpoint.Checkpointer(tmp_path, save_every_steps=2, max_to_keep=3)

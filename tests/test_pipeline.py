@@ -5,14 +5,18 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from input_pipeline import pipeline, preprocess, scene_crop, stl, triplets
+from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline import preprocess
+from input_pipeline.scene import crop as scene_crop
+from input_pipeline.readers import stl
+from input_pipeline.scene import sampler as scene_sampler
 
 
 @pytest.fixture(scope="module")
 def sampler(stl_root):
   data = stl.read_stl(stl_root)
-  split = triplets.split_pairs(data, "train", 0.1, 0.2)
-  return triplets.TripletSampler(data, split, seed=3, num_negatives=2)
+  split = scene_sampler.split_pairs(data, "train", 0.1, 0.2)
+  return scene_sampler.TripletSampler(data, split, seed=3, num_negatives=2)
 
 
 def _take(iterator, n):
@@ -38,9 +42,9 @@ def test_epochs_are_deterministic_and_differ(sampler):
 
 
 def test_hosts_read_disjoint_blocks_of_the_same_global_batches(sampler):
-  single = _take(pipeline.triplet_index_batches(sampler, 8, 0, 0, 1), 5)
-  host0 = _take(pipeline.triplet_index_batches(sampler, 8, 0, 0, 2), 5)
-  host1 = _take(pipeline.triplet_index_batches(sampler, 8, 0, 1, 2), 5)
+  single = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 0, 1), 5)
+  host0 = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 0, 2), 5)
+  host1 = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 1, 2), 5)
   for s, h0, h1 in zip(single, host0, host1):
     for k in s:
       np.testing.assert_array_equal(s[k], np.concatenate([h0[k], h1[k]]))
@@ -48,16 +52,16 @@ def test_hosts_read_disjoint_blocks_of_the_same_global_batches(sampler):
 
 def test_resume_starts_at_the_exact_batch_across_epochs(sampler):
   steps_per_epoch = len(sampler) // 8
-  fresh = _take(pipeline.triplet_index_batches(sampler, 8, 0, 0, 1), steps_per_epoch + 3)
+  fresh = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 0, 1), steps_per_epoch + 3)
   start = steps_per_epoch - 1  # the last batch of epoch 0, then into epoch 1
-  resumed = _take(pipeline.triplet_index_batches(sampler, 8, start, 0, 1), 4)
+  resumed = _take(scene_pipeline.triplet_index_batches(sampler, 8, start, 0, 1), 4)
   for a, b in zip(fresh[start:], resumed):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_padded_eval_rows_cover_everything_once():
-  rows = [pipeline.padded_host_rows(21, 8, p, 2) for p in range(2)]
+  rows = [scene_pipeline.padded_host_rows(21, 8, p, 2) for p in range(2)]
   assert all(len(ids) == 12 for ids, _ in rows)  # 3 global batches of 8, 4 rows per host each
   real = np.concatenate([ids[mask] for ids, mask in rows])
   assert sorted(real) == list(range(21))
@@ -66,7 +70,7 @@ def test_padded_eval_rows_cover_everything_once():
 def test_train_batches_are_deterministic_and_shaped(sampler, stl_root):
   data = sampler._data
   paths = lambda sigs: [data.image_paths[s] for s in sigs]
-  make = lambda: pipeline.train_triplets(sampler, paths(data.scenes), paths(data.products),
+  make = lambda: scene_pipeline.train_triplets(sampler, paths(data.scenes), paths(data.products),
                                          global_batch=4, image_size=24, normalization="imagenet")
   a, b = _take(make(), 2), _take(make(), 2)
   for x, y in zip(a, b):

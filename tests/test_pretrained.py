@@ -8,7 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from ctl_jax import backbones, pretrained, train
+from ctl_jax.nn import backbones
+from ctl_jax.nn import keras_weights
+from ctl_jax.trainer import loop
 from input_pipeline import preprocess
 
 
@@ -44,7 +46,7 @@ def test_imported_weights_reproduce_keras_outputs(keras_model_and_file):
   flax_model = backbones.resnet50()
   template = jax.eval_shape(lambda: flax_model.init(jax.random.PRNGKey(0),
                                                     jnp.zeros((1, 96, 96, 3))))
-  variables = pretrained.load_keras_resnet(path, dict(template))
+  variables = keras_weights.load_keras_resnet(path, dict(template))
   rng = np.random.default_rng(1)
   pixels = rng.uniform(0, 255, (2, 96, 96, 3)).astype(np.float32)
   # Our tf.data normalisation is exactly keras.applications.resnet50.preprocess_input.
@@ -65,25 +67,25 @@ def test_keras2_weight_names_with_suffix_and_clear_errors(keras_model_and_file, 
   renamed = tmp_path / "keras2.h5"
   with h5py.File(path, "r") as src, h5py.File(renamed, "w") as dst:
     dst.attrs["layer_names"] = src.attrs["layer_names"]
-    for layer in pretrained._decode(src.attrs["layer_names"]):
-      names = pretrained._decode(src[layer].attrs["weight_names"])
+    for layer in keras_weights._decode(src.attrs["layer_names"]):
+      names = keras_weights._decode(src[layer].attrs["weight_names"])
       group = dst.create_group(layer)
       group.attrs["weight_names"] = [(n + ":0").encode() for n in names]
       for n in names:
         group.create_dataset(n + ":0", data=src[layer][n][()])
   template = dict(jax.eval_shape(lambda: backbones.resnet50().init(
       jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))))
-  a = pretrained.load_keras_resnet(path, template)
-  b = pretrained.load_keras_resnet(renamed, template)
+  a = keras_weights.load_keras_resnet(path, template)
+  b = keras_weights.load_keras_resnet(renamed, template)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   small = dict(jax.eval_shape(lambda: backbones.resnet_small().init(
       jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))))
   with pytest.raises(ValueError, match="shape"):
-    pretrained.load_keras_resnet(path, small)
+    keras_weights.load_keras_resnet(path, small)
   (tmp_path / "junk.h5").write_bytes(b"not hdf5")
   with pytest.raises(ValueError, match="junk.h5"):
-    pretrained.load_keras_resnet(tmp_path / "junk.h5", template)
+    keras_weights.load_keras_resnet(tmp_path / "junk.h5", template)
 
 
 def test_config_loads_weights_into_a_frozen_train_state(keras_model_and_file, smoke_config,
@@ -92,7 +94,7 @@ def test_config_loads_weights_into_a_frozen_train_state(keras_model_and_file, sm
   smoke_config.model.backbone = "resnet50"
   smoke_config.model.backbone_weights = str(path)
   smoke_config.input.normalization = "caffe"
-  run = train.setup(smoke_config, str(tmp_path))
+  run = loop.setup(smoke_config, str(tmp_path))
   state = run.fresh_state()
   kernel = state.frozen_params["backbone"]["conv4_block6"]["2_conv"]["kernel"]
   with h5py.File(path, "r") as f:
@@ -100,4 +102,4 @@ def test_config_loads_weights_into_a_frozen_train_state(keras_model_and_file, sm
   np.testing.assert_array_equal(np.asarray(kernel), expected)
   smoke_config.input.normalization = "imagenet"
   with pytest.raises(ValueError, match="caffe"):
-    train.setup(smoke_config, str(tmp_path / "x")).fresh_state()
+    loop.setup(smoke_config, str(tmp_path / "x")).fresh_state()

@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from ctl_jax import losses, product_steps
-from input_pipeline import ctl, product_data
-from input_pipeline.drops import DropReport
+from ctl_jax.nn import losses
+from ctl_jax.product import steps as product_steps
+from input_pipeline.readers import ctl
+from input_pipeline.product import dataset as product_data
+from input_pipeline.readers.drops import DropReport
 
 
 def test_contrastive_by_hand():

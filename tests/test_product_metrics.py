@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from ctl_jax import metrics, product_eval
-from input_pipeline import ctl
-from input_pipeline.drops import DropReport
+from ctl_jax import metrics
+from ctl_jax.product import evaluation as product_eval
+from input_pipeline.readers import ctl
+from input_pipeline.readers.drops import DropReport
 
 
 def test_recall_at_k_by_hand():

@@ -6,8 +6,10 @@ import json
 import jax
 import numpy as np
 
-from ctl_jax import product_api, product_eval, train
-from input_pipeline import product_data
+from ctl_jax.serving import product_predictor
+from ctl_jax.product import evaluation as product_eval
+from ctl_jax.trainer import loop
+from input_pipeline.product import dataset as product_data
 
 
 def test_train_fraction_keeps_nested_subsets(product_smoke_config):
@@ -24,7 +26,7 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
   config = product_smoke_config
   config.eval.popularity_train_items = 20
   workdir = str(tmp_path / "run")
-  results = train.train_and_evaluate(config, workdir)
+  results = loop.train_and_evaluate(config, workdir)
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
   for key in ("r@1", "r@5", "r@10", "restricted_r@10", "fitb", "category_accuracy", "protocol"):
@@ -38,13 +40,13 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
 
   # Evaluating the checkpoint again gives the same numbers (corpora drawn from eval.seed).
   config.eval.baselines = False
-  again = train.evaluate_checkpoint(config, workdir)
+  again = loop.evaluate_checkpoint(config, workdir)
   assert all(again[k] == results[k] for k in ("r@1", "r@10", "fitb", "category_accuracy"))
 
   # The feature cache holds the same backbone vectors as the image path (to float16).
-  run = train.setup(config, workdir)
+  run = loop.setup(config, workdir)
   state = run.restore_or_init()
-  cache = train.extract_features(config, workdir)
+  cache = loop.extract_features(config, workdir)
   sharding_of = jax.tree.map(lambda x: x.sharding, state)
   from_images = product_eval.ItemEmbedder(run.model, run.mesh, sharding_of, config)(
       state, run.data.test)
@@ -54,7 +56,7 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
   np.testing.assert_allclose(from_cache["style"], from_images["style"], atol=2e-2)
 
   # The serving API: same embeddings as evaluation, categories and their complements.
-  predictor = product_api.ProductPredictor(config, workdir)
+  predictor = product_predictor.ProductPredictor(config, workdir)
   test = run.data.test
   items = np.arange(5)
   images = predictor.load_items([product_data.paths_of(test)[i] for i in items],

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctl_jax import distances, ranker, sharding
+from ctl_jax.scene import distances
+from ctl_jax.serving import ranker
+from ctl_jax.trainer import sharding
 
 
 def _random_scene(rng, b, r, d):

@@ -11,9 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ctl_jax import catalogue, distances, export, recommend, serving, train
-from input_pipeline import stl
-from input_pipeline.drops import DataError
+from ctl_jax.serving import catalogue
+from ctl_jax.scene import distances
+from ctl_jax.serving import export
+from ctl_jax.serving import recommend
+from ctl_jax.serving import scene_predictor
+from ctl_jax.trainer import loop
+from input_pipeline.readers import stl
+from input_pipeline.readers.drops import DataError
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +28,7 @@ def exported(stl_root, tmp_path_factory):
   config = smoke.get_config()
   config.data.root = str(stl_root)
   workdir = str(tmp_path_factory.mktemp("work"))
-  run = train.setup(config, workdir)
+  run = loop.setup(config, workdir)
   state = run.fresh_state()
   state = state.replace(step=state.step + 3, params=jax.tree.map(lambda x: x * 1.1, state.params))
   run.checkpointer.save(3, state, run.meta(), force=True)
@@ -34,7 +39,7 @@ def exported(stl_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scene_model(exported):
-  return serving.restore_scene_model(exported[1])
+  return scene_predictor.restore_scene_model(exported[1])
 
 
 def _scene_image(data):
@@ -60,7 +65,7 @@ def test_export_is_readable_without_our_code(exported, scene_model):
   name = data.categories[0]
   member = [i for i, c in enumerate(table["category"]) if c == name][:3]
   images = np.stack([recommend.load_model_input(table["image"][i], config) for i in member])
-  encode = jax.jit(functools.partial(serving.product_encoder, scene.model))
+  encode = jax.jit(functools.partial(scene_predictor.product_encoder, scene.model))
   expected = encode(scene.state.variables(), images)["embedding"]
   rows = np.load(f"{root}/{manifest['categories'][name]['file']}")
   np.testing.assert_allclose(rows[[table["row"][i] for i in member]], expected, atol=1e-5)
@@ -74,7 +79,7 @@ def test_recommend_equals_brute_force_hybrid_distances(exported, scene_model, tm
   # Brute force: the model's hybrid distance to every product of the category.
   scene = scene_model
   image = recommend.load_model_input(_scene_image(data), config)
-  parts = jax.jit(functools.partial(scene.model.apply, method=serving.scene_parts))
+  parts = jax.jit(functools.partial(scene.model.apply, method=scene_predictor.scene_parts))
   f_s, f_i, attn = parts(scene.state.variables(), image[None],
                          jnp.asarray([scene.categories.index(cat_name)]))
   cat = catalogue.Catalogue(f"{workdir}/export")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from input_pipeline import scene_crop, triplets
+from input_pipeline.scene import crop as scene_crop
+from input_pipeline.scene import sampler as scene_sampler
 
 
 def test_picks_the_largest_rectangle_by_hand():
@@ -37,10 +38,10 @@ def test_pixel_window_rounds_outward_and_is_never_empty():
 
 @pytest.mark.parametrize("min_fraction", [0.0, 0.5, 0.9])
 def test_split_drops_small_crops(stl_root, min_fraction):
-  from input_pipeline import stl
+  from input_pipeline.readers import stl
   data = stl.read_stl(stl_root)
-  train = triplets.split_pairs(data, "train", 0.2, min_fraction)
-  test = triplets.split_pairs(data, "test", 0.2, min_fraction)
+  train = scene_sampler.split_pairs(data, "train", 0.2, min_fraction)
+  test = scene_sampler.split_pairs(data, "test", 0.2, min_fraction)
   _, fractions = scene_crop.complement_crops(data.pair_box)
   assert len(train.pairs) + len(test.pairs) + train.num_too_small + test.num_too_small == len(data)
   assert np.all(fractions[train.pairs] >= min_fraction)

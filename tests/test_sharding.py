@@ -5,7 +5,9 @@ import functools
 import jax
 import numpy as np
 
-from ctl_jax import sharding, steps, train_state
+from ctl_jax.trainer import sharding
+from ctl_jax.scene import steps as scene_steps
+from ctl_jax.trainer import state as train_state
 
 
 def test_four_devices_match_one_device(smoke_config):
@@ -30,12 +32,12 @@ def test_four_devices_match_one_device(smoke_config):
     state = train_state.create_train_state(model, tx, jax.random.PRNGKey(1), size, mesh)
     global_batch = sharding.to_global(batch, mesh)
     assert len(global_batch["scene"].sharding.device_set) == len(devices)
-    grad_fn = jax.value_and_grad(steps.triplet_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(scene_steps.triplet_loss, has_aux=True)
     (loss, _), grads = jax.jit(functools.partial(grad_fn, model=model, margin=0.2,
                                                  reduction="mean"))(state.params, state,
                                                                     global_batch)
     new_state, metrics = jax.jit(functools.partial(
-        steps.train_step, model=model, margin=0.2, reduction="mean", schedule=schedule))(
+        scene_steps.train_step, model=model, margin=0.2, reduction="mean", schedule=schedule))(
             state, global_batch)
     results.append(jax.device_get((loss, grads, new_state.params, new_state.batch_stats)))
   (loss1, grads1, params1, stats1), (loss4, grads4, params4, stats4) = results

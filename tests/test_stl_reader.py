@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from input_pipeline import stl
-from input_pipeline.drops import DataError
+from input_pipeline.readers import stl
+from input_pipeline.readers.drops import DataError
 
 DATA = pathlib.Path(__file__).parent / "data"  # real files of the public releases
 

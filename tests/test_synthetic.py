@@ -8,7 +8,9 @@ import numpy as np
 from PIL import Image
 
 from ctl_jax import metrics
-from input_pipeline import scene_crop, stl, synthetic
+from input_pipeline.scene import crop as scene_crop
+from input_pipeline.readers import stl
+from input_pipeline.tools import synthetic
 
 
 def test_deterministic_by_seed(tmp_path):

@@ -9,10 +9,17 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import smoke
-from ctl_jax import train
-from input_pipeline import (ctl, image_check, pipeline, scene_data, stl, synthetic, tfds_builders,
-                            tfds_source, triplets)
-from input_pipeline.drops import DataError
+from ctl_jax.trainer import loop
+from input_pipeline.readers import ctl
+from input_pipeline.readers import image_check
+from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline.scene import dataset as scene_data
+from input_pipeline.readers import stl
+from input_pipeline.tools import synthetic
+from input_pipeline.readers import tfds_builders
+from input_pipeline.readers import tfds_source
+from input_pipeline.scene import sampler as scene_sampler
+from input_pipeline.readers.drops import DataError
 
 
 def _build(builder_cls, manual_dir, data_dir):
@@ -63,8 +70,8 @@ def test_lenient_drops_pairs_of_broken_images_strict_names_them(small_stl, tmp_p
   assert len(ds.stl) == len(folder) - hit > 0
   assert sum("unusable image" in d.reason for d in ds.drops.drops) == hit
   assert not broken & (set(ds.stl.scenes) | set(ds.stl.products))
-  train.write_drop_report(ds, str(tmp_path))  # what the trainer leaves in its workdir
-  written = [json.loads(l) for l in (tmp_path / train.DROPS_FILE).read_text().splitlines()]
+  loop.write_drop_report(ds, str(tmp_path))  # what the trainer leaves in its workdir
+  written = [json.loads(l) for l in (tmp_path / loop.DROPS_FILE).read_text().splitlines()]
   assert [(d["line"], d["reason"]) for d in written] == [(d.line, d.reason)
                                                          for d in ds.drops.drops]
   config.data.strict = True
@@ -91,7 +98,7 @@ def test_stl_fashion_equals_the_folder_reader(small_stl, tmp_path):
     source = builder.as_data_source(split=split)  # ArrayRecord: random access, not as_dataset
     split_scenes[split] = {ex["scene"]["signature"].decode() for ex in source}
   assert not split_scenes["train"] & split_scenes["test"]
-  assert split_scenes["test"] == {s for s in data.scenes if triplets.is_test_signature(s, 0.1)}
+  assert split_scenes["test"] == {s for s in data.scenes if scene_sampler.is_test_signature(s, 0.1)}
   assert split_scenes["train"] | split_scenes["test"] == set(data.scenes)
 
 
@@ -108,8 +115,8 @@ def test_trainer_reads_tfds_or_folder_by_config_with_identical_batches(small_stl
   np.testing.assert_array_equal(from_tfds.test.crops, from_folder.test.crops)
   batches = []
   for ds in (from_folder, from_tfds):
-    sampler = triplets.TripletSampler(ds.stl, ds.train, seed=0)
-    it = pipeline.train_triplets(sampler, ds.scene_images, ds.product_images, global_batch=8,
+    sampler = scene_sampler.TripletSampler(ds.stl, ds.train, seed=0)
+    it = scene_pipeline.train_triplets(sampler, ds.scene_images, ds.product_images, global_batch=8,
                                  image_size=32, normalization="imagenet")
     batches.append(next(it))
   for key in ("scene", "positive", "negative", "category"):
@@ -123,8 +130,8 @@ def test_ctl_outfits_keeps_published_splits_and_drops_broken_collages(tmp_path):
   root = tmp_path / "ctl"
   synthetic.write_ctl_dataset(root, num_outfits=24, seed=2, image_size=48, workers=1)
   train = ctl.read_ctl(root, "train")
-  broken = train.outfits[3]
-  open(train.image_paths[broken], "wb").write(b"\xff\xd8\xff garbage")
+  broken = loop.outfits[3]
+  open(loop.image_paths[broken], "wb").write(b"\xff\xd8\xff garbage")
   _build(tfds_builders.CtlOutfits, root, tmp_path / "tfds")
   for split in ("train", "test"):
     data, images = tfds_source.load_ctl("ctl_outfits", str(tmp_path / "tfds"), split)
@@ -135,9 +142,9 @@ def test_ctl_outfits_keeps_published_splits_and_drops_broken_collages(tmp_path):
     assert [d.line for d in data.drops.drops] == [d.line for d in folder.drops.drops]
     for i, sig in enumerate(data.outfits):
       assert images.bytes_of(i) == open(folder.image_paths[sig], "rb").read()
-  assert broken not in data.outfits and broken in train.outfits
+  assert broken not in data.outfits and broken in loop.outfits
   dropped = tfds_source.load_ctl("ctl_outfits", str(tmp_path / "tfds"), "train")[0].drops
   assert sum(broken in d.reason for d in dropped.drops) == int(np.sum(
-      train.item_outfit == train.outfits.index(broken)))
+      loop.item_outfit == loop.outfits.index(broken)))
   image = tf.io.decode_image(images.read(tf.constant(0)), channels=3)
   assert image.shape[-1] == 3

@@ -1,0 +1,377 @@
+"""Held-out evaluation of the product-based model, as in Li et al. (KDD 2020), with baselines.
+
+Retrieval (R@K): every item of a test outfit with exactly `eval.outfit_size` items is a query.
+  - all categories: the corpus is the outfit's other items (the positives) plus random test items
+    of other outfits, `eval.corpus_size` in all; R@K = positives in the top K / min(P, K).
+  - restricted: for each category c among the outfit's other items, the corpus is the outfit's
+    items of c plus random test items of c from other outfits (up to `eval.corpus_size`; fewer
+    when the category is smaller); R@K is averaged within each category, then over categories.
+FITB: a test outfit with one item hidden; the choices are the hidden item and three items of its
+category from other outfits; a choice's distance is its mean distance to the outfit's items.
+Corpora and questions are drawn once with `eval.seed`; every method is scored on the same ones.
+Ties count in expectation, so a method that scores everything equal gets the exact random value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from ctl_jax import metrics
+from ctl_jax.product import steps as product_steps
+from ctl_jax.trainer import sharding
+from input_pipeline.readers import ctl
+from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline.product import dataset as product_data
+from input_pipeline.readers.drops import DropReport
+from input_pipeline.feature_cache import FeatureCache
+
+FITB_FILE = "fitb_eval.json"
+NUM_FITB_CHOICES = 4
+
+
+def protocol(config, fitb_source: str) -> str:
+  e = config.eval
+  size = f"exactly {e.outfit_size}" if e.outfit_size else "2 or more"
+  return (
+      f"product-based CTL (Li et al. 2020). Queries: every item of each test outfit with {size} "
+      f"items. 'r@K' (K in {list(e.ks)}): corpus of {e.corpus_size} items = the outfit's other "
+      f"items (positives) + random test items of other outfits; R@K = positives in top K / "
+      f"min(positives, K), averaged over queries. 'restricted_r@K': per (query, category c of "
+      f"another item of the outfit), corpus = the outfit's items of c + random test items of c "
+      f"from other outfits ({e.corpus_size} in all, fewer if c has fewer test items); R@K "
+      f"averaged within each category, then over categories. 'fitb': accuracy over "
+      f"{NUM_FITB_CHOICES} same-category choices ({fitb_source}), a choice's distance = its mean "
+      f"squared distance to the outfit's items. 'category_accuracy': the category classifier on "
+      f"every test item. Distances: squared Euclidean between unit style embeddings. Corpora and "
+      f"questions drawn once (seed {e.seed}), the same for every method; ties count in "
+      f"expectation. Baselines: 'random' scores all equal (exact expected value); 'popularity' "
+      f"ranks by how often the candidate's category co-occurs with the query's in training "
+      f"outfits, then by visual frequency (mean cosine similarity of the item's frozen-backbone "
+      f"vector to its {e.popularity_neighbors} nearest training items of its category: CTL items "
+      f"are crops without product ids, so 'most frequent product' becomes 'looks like the most "
+      f"training items'); its category_accuracy predicts the most frequent training category; "
+      f"'untrained' is the model at initialisation.")
+
+
+@dataclasses.dataclass
+class Corpus:
+  """Rows of queries against corpora of test items (padded with -1, masked by `valid`)."""
+
+  query: np.ndarray  # [M] query item
+  items: np.ndarray  # [M, N] corpus items
+  positive: np.ndarray  # [M, N] bool
+  valid: np.ndarray  # [M, N] bool
+  category: np.ndarray  # [M] the restricted category (-1 for all categories)
+
+
+def _fill(rng, pool: np.ndarray, outfit: np.ndarray, own: int, num: int) -> np.ndarray:
+  """Up to `num` distinct items of `pool` outside outfit `own`, at random."""
+  if num <= 0:
+    return pool[:0]
+  if len(pool) <= 4 * num:  # small pool: filter and permute
+    others = pool[outfit[pool] != own]
+    return rng.permutation(others)[:num]
+  picked: list[int] = []
+  seen = set()
+  while len(picked) < num:
+    for i in pool[rng.integers(len(pool), size=2 * num)]:
+      if outfit[i] != own and i not in seen:
+        seen.add(i)
+        picked.append(int(i))
+        if len(picked) == num:
+          break
+  return np.asarray(picked, np.int64)
+
+
+def _pack(rows: list[tuple[int, np.ndarray, np.ndarray, int]], size: int) -> Corpus:
+  m = len(rows)
+  items = np.full((m, size), -1, np.int64)
+  positive = np.zeros((m, size), bool)
+  for r, (_, pos, fill, _) in enumerate(rows):
+    both = np.concatenate([pos, fill])[:size]
+    items[r, :len(both)] = both
+    positive[r, :min(len(pos), size)] = True
+  return Corpus(query=np.array([r[0] for r in rows], np.int64), items=items, positive=positive,
+                valid=items >= 0, category=np.array([r[3] for r in rows], np.int64))
+
+
+def query_outfits(test: ctl.CtlData, outfit_size: int) -> list[np.ndarray]:
+  groups = product_data.items_by_outfit(test)
+  return [g for g in groups if (len(g) == outfit_size if outfit_size else len(g) >= 2)]
+
+
+def retrieval_corpora(test: ctl.CtlData, corpus_size: int, outfit_size: int,
+                      seed: int) -> tuple[Corpus, Corpus]:
+  """(all-categories, restricted) corpora of every query of the protocol."""
+  rng = np.random.default_rng([seed, 0])
+  outfit, category = test.item_outfit, test.item_category
+  everything = np.arange(len(test))
+  by_category = [np.flatnonzero(category == c) for c in range(len(test.categories))]
+  all_rows, restricted_rows = [], []
+  for group in query_outfits(test, outfit_size):
+    own = int(outfit[group[0]])
+    for q in group:
+      others = group[group != q]
+      all_rows.append((q, others, _fill(rng, everything, outfit, own, corpus_size - len(others)),
+                       -1))
+      for c in np.unique(category[others]):
+        pos = others[category[others] == c]
+        restricted_rows.append((q, pos, _fill(rng, by_category[c], outfit, own,
+                                               corpus_size - len(pos)), int(c)))
+  if not all_rows:
+    raise ValueError(f"no test outfit has {outfit_size} items: set eval.outfit_size "
+                     f"(0 = any size) to match the data")
+  return _pack(all_rows, corpus_size), _pack(restricted_rows, corpus_size)
+
+
+@dataclasses.dataclass
+class Fitb:
+  question: np.ndarray  # [Q, L] outfit items shown, -1 padded
+  answers: np.ndarray  # [Q, A] choices, the correct one first, -1 padded
+  source: str
+  num_dropped: int = 0
+
+
+def _pad(rows: list[list[int]]) -> np.ndarray:
+  out = np.full((len(rows), max((len(r) for r in rows), default=1)), -1, np.int64)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+def sample_fitb(test: ctl.CtlData, outfit_size: int, seed: int) -> Fitb:
+  """One question per query outfit: one item hidden among three of its category elsewhere."""
+  rng = np.random.default_rng([seed, 1])
+  by_category = [np.flatnonzero(test.item_category == c) for c in range(len(test.categories))]
+  questions, answers = [], []
+  for group in query_outfits(test, outfit_size):
+    hidden = int(group[rng.integers(len(group))])
+    wrong = _fill(rng, by_category[test.item_category[hidden]], test.item_outfit,
+                  int(test.item_outfit[hidden]), NUM_FITB_CHOICES - 1)
+    if len(wrong) == NUM_FITB_CHOICES - 1:
+      questions.append([int(i) for i in group if i != hidden])
+      answers.append([hidden, *map(int, wrong)])
+  return Fitb(_pad(questions), _pad(answers), source="sampled from the test outfits")
+
+
+def read_fitb(path: Path, test: ctl.CtlData, strict: bool) -> Fitb:
+  """Questions of a fitb_eval.json, items looked up in raw_test (questions naming an item that
+  raw_test.tsv lacks are dropped and counted)."""
+  report = DropReport(strict=strict)
+  questions, answers = [], []
+  for entry in ctl.read_fitb(path, report):
+    try:
+      q = [test.index_of(sig, box) for sig, box, _ in entry["question"]]
+      a = [test.index_of(sig, box) for sig, box, _ in entry["answers"]]
+    except KeyError:
+      report.drop(path, None, "question", "item not in raw_test.tsv")
+      continue
+    questions.append(q)
+    answers.append(a)
+  return Fitb(_pad(questions), _pad(answers), source=f"{path.name}", num_dropped=len(report))
+
+
+def fitb_questions(root: str, test: ctl.CtlData, config) -> Fitb:
+  """From `data.root/fitb_eval.json` (eval.fitb='file', or 'auto' when it exists), else sampled."""
+  path = Path(root) / FITB_FILE
+  mode = config.eval.fitb
+  if mode not in ("auto", "file", "sampled"):
+    raise ValueError(f"eval.fitb={mode!r}; choose 'auto', 'file' or 'sampled'")
+  if mode == "file" or (mode == "auto" and path.exists()):
+    return read_fitb(path, test, config.data.strict)
+  return sample_fitb(test, config.eval.outfit_size, config.eval.seed)
+
+
+# A scorer maps (query items [M], candidate items [M, N]) to distances [M, N] (-1 = padding).
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def embedding_scorer(style: np.ndarray) -> Scorer:
+  """Squared Euclidean distance between unit style embeddings: 2 - 2 cos."""
+  style = style.astype(np.float64)
+
+  def score(queries, items):
+    out = np.empty(items.shape)
+    for lo in range(0, len(queries), 4096):
+      q, c = style[queries[lo:lo + 4096]], style[np.maximum(items[lo:lo + 4096], 0)]
+      out[lo:lo + 4096] = 2.0 - 2.0 * np.einsum("md,mnd->mn", q, c)
+    return out
+
+  return score
+
+
+def constant_scorer(queries, items):
+  return np.zeros(items.shape)
+
+
+def popularity_scorer(item_category: np.ndarray, cooccurrence: np.ndarray,
+                      visual_frequency: np.ndarray) -> Scorer:
+  """Category co-occurrence with the query first, then visual frequency (see `protocol`)."""
+  # Co-occurrence counts are integers and 0.49 * frequency lies in [-0.49, 0.49]: lexicographic.
+  score = lambda queries, items: -(
+      cooccurrence[item_category[queries][:, None], item_category[np.maximum(items, 0)]]
+      + 0.49 * visual_frequency[np.maximum(items, 0)])
+  return score
+
+
+def visual_frequency(test_global: np.ndarray, test_category: np.ndarray, train_global: np.ndarray,
+                     train_category: np.ndarray, k: int) -> np.ndarray:
+  """[num_test] mean cosine similarity of each item to its k nearest training items of its
+  category (backbone vectors): high for looks that many training items share."""
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  test_global, train_global = unit(test_global.astype(np.float32)), unit(
+      train_global.astype(np.float32))
+  out = np.zeros(len(test_global))
+  for c in np.unique(test_category):
+    rows, ref = np.flatnonzero(test_category == c), train_global[train_category == c]
+    if len(ref) == 0:
+      continue
+    kk = min(k, len(ref))
+    for lo in range(0, len(rows), 2048):
+      sims = test_global[rows[lo:lo + 2048]] @ ref.T
+      out[rows[lo:lo + 2048]] = np.mean(-np.partition(-sims, kk - 1, axis=1)[:, :kk], axis=1)
+  return out
+
+
+def restricted_recall(score: Scorer, corpus: Corpus, ks) -> dict:
+  d = score(corpus.query, corpus.items)
+  per_row = metrics.recall_at_k(d, corpus.positive, ks, corpus.valid, reduce=False)
+  cats = np.unique(corpus.category)
+  return {k: float(np.mean([per_row[k][corpus.category == c].mean() for c in cats])) for k in ks}
+
+
+def fitb_accuracy(score: Scorer, fitb: Fitb) -> float:
+  """Accuracy of picking the hidden item: lowest mean distance to the question's items."""
+  valid_q = fitb.question >= 0
+  total = np.zeros(fitb.answers.shape)
+  for slot in range(fitb.question.shape[1]):
+    rows = np.flatnonzero(valid_q[:, slot])
+    total[rows] += score(fitb.question[rows, slot], fitb.answers[rows])
+  d = total / np.maximum(valid_q.sum(axis=1, keepdims=True), 1)
+  return metrics.hit_rates(d[:, 0], d[:, 1:], [1], fitb.answers[:, 1:] >= 0)[1]
+
+
+def ranking_metrics(score: Scorer, all_corpus: Corpus, restricted: Corpus, fitb: Fitb,
+                    ks) -> dict[str, float]:
+  d = score(all_corpus.query, all_corpus.items)
+  out = {f"r@{k}": v for k, v in metrics.recall_at_k(d, all_corpus.positive, ks,
+                                                      all_corpus.valid).items()}
+  out.update({f"restricted_r@{k}": v for k, v in restricted_recall(score, restricted,
+                                                                   ks).items()})
+  out["fitb"] = fitb_accuracy(score, fitb) if len(fitb.answers) else float("nan")
+  return out
+
+
+class ItemEmbedder:
+  """Jitted, sharded inference of items (style, logits, backbone vector) from crops or from the
+  feature cache."""
+
+  def __init__(self, model, mesh, state_sharding, config, cache: FeatureCache | None = None):
+    self.mesh, self.config, self.cache = mesh, config, cache
+    fn = product_steps.item_step if cache is None else product_steps.item_from_features_step
+    self._fn = jax.jit(functools.partial(fn, model=model),
+                       in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
+                       out_shardings=sharding.replicated(mesh))
+
+  def _batches(self, data: ctl.CtlData, items: np.ndarray):
+    c = self.config
+    if self.cache is None:
+      paths = product_data.paths_of(data)
+      ds = scene_pipeline.eval_images(
+          [paths[i] for i in items], product_data.crops_of(data)[items], {},
+          global_batch=c.eval.batch_size, image_size=c.input.image_size,
+          normalization=c.input.normalization, process_index=jax.process_index(),
+          process_count=jax.process_count(), num_parallel_calls=c.input.num_parallel_calls)
+      for b in ds.as_numpy_iterator():
+        yield {"image": b["image"]}
+      return
+    rows = self.cache.rows("items", [data.item_keys[i] for i in items])
+    for ids, _ in scene_pipeline.padded_row_batches(len(rows), global_batch=c.eval.batch_size,
+                                              process_index=jax.process_index(),
+                                              process_count=jax.process_count()):
+      yield {"global": self.cache.gather("items", "global", rows[ids])}
+
+  def __call__(self, state, data: ctl.CtlData, items: np.ndarray | None = None) -> dict:
+    """{'style' [n, D], 'logits' [n, C], 'global' [n, G]} of `items` (default: all) of `data`."""
+    items = np.arange(len(data)) if items is None else np.asarray(items)
+    outs = []
+    for batch in self._batches(data, items):
+      outs.append(jax.device_get(self._fn(state, sharding.to_global(batch, self.mesh))))
+    return {k: np.concatenate([o[k] for o in outs])[:len(items)] for k in outs[0]}
+
+
+def _popularity_frequency(embed: ItemEmbedder, untrained_state, ds, test_global, config):
+  """Visual frequency of every test item against a seeded sample of training items per category
+  (at most eval.popularity_train_items each), in the initial backbone's feature space."""
+  rng = np.random.default_rng([config.eval.seed, 2])
+  train_items = ds.train_items()
+  cats = ds.train.item_category[train_items]
+  cap = config.eval.popularity_train_items
+  sample = np.sort(np.concatenate([rng.permutation(train_items[cats == c])[:cap]
+                                   for c in np.unique(cats)]))
+  train_global = embed(untrained_state, ds.train, sample)["global"]
+  return visual_frequency(test_global, ds.test.item_category, train_global,
+                          ds.train.item_category[sample], config.eval.popularity_neighbors)
+
+
+def evaluate(state, embed: ItemEmbedder, ds: product_data.ProductDataset, config,
+             untrained_state=None) -> dict:
+  """The model's held-out metrics and, when `config.eval.baselines`, its baselines."""
+  e = config.eval
+  ks = tuple(e.ks)
+  all_corpus, restricted = retrieval_corpora(ds.test, e.corpus_size, e.outfit_size, e.seed)
+  fitb = fitb_questions(ds.root, ds.test, config)
+  labels = ds.test.item_category
+
+  def model_metrics(s):
+    out = embed(s, ds.test)
+    values = ranking_metrics(embedding_scorer(out["style"]), all_corpus, restricted, fitb, ks)
+    values["category_accuracy"] = float(np.mean(np.argmax(out["logits"], -1) == labels))
+    return values, out
+
+  results, _ = model_metrics(state)
+  results.update(
+      step=int(jax.device_get(state.step)), num_queries=len(all_corpus.query),
+      num_restricted_queries=len(restricted.query), num_fitb_questions=len(fitb.answers),
+      num_fitb_dropped=fitb.num_dropped, num_test_items=len(ds.test),
+      train_fraction=ds.train_fraction, num_train_outfits=len(ds.train_outfits),
+      loss=config.loss.name, negatives=config.loss.negatives,
+      num_negatives=config.loss.num_negatives,
+      protocol=protocol(config, fitb.source))
+  if e.baselines:
+    train_counts = np.bincount(ds.train.item_category[ds.train_items()],
+                               minlength=len(ds.categories))
+    baselines = {"random": ranking_metrics(constant_scorer, all_corpus, restricted, fitb, ks)}
+    baselines["random"]["category_accuracy"] = 1.0 / len(ds.categories)
+    if untrained_state is not None:
+      untrained, untrained_out = model_metrics(untrained_state)
+      frequency = _popularity_frequency(embed, untrained_state, ds, untrained_out["global"],
+                                        config)
+      popularity = ranking_metrics(
+          popularity_scorer(labels, ds.cooccurrence(), frequency), all_corpus, restricted, fitb,
+          ks)
+      popularity["category_accuracy"] = float(np.mean(labels == np.argmax(train_counts)))
+      baselines.update(popularity=popularity, untrained=untrained)
+    results["baselines"] = baselines
+  return results
+
+
+COLUMNS = ("r@1", "r@5", "r@10", "restricted_r@1", "restricted_r@5", "restricted_r@10", "fitb",
+           "category_accuracy")
+
+
+def format_table(results: dict, columns=COLUMNS) -> str:
+  """The model and each baseline, one row each."""
+  rows = [("model", results)] + list(results.get("baselines", {}).items())
+  header = f"{'method':<12}" + "".join(f"{k:>18}" for k in columns)
+  lines = [header, "-" * len(header)]
+  for name, values in rows:
+    lines.append(f"{name:<12}" + "".join(f"{values.get(k, float('nan')):>18.4f}"
+                                         for k in columns))
+  return "\n".join(lines)

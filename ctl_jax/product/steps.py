@@ -1,0 +1,92 @@
+"""Pure step functions of the product-based task; the trainer jits them once with shardings.
+
+The style loss is chosen by `loss.name` from STYLE_LOSSES; the category classifier's
+cross-entropy over every item of the batch is added with weight `loss.category_weight`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ctl_jax.nn import losses
+from ctl_jax.product.model import ProductModel
+from ctl_jax.trainer.state import TrainState
+
+
+def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+  """||a - b||^2 over the last axis (broadcasting)."""
+  return jnp.sum(jnp.square(a - b), axis=-1)
+
+
+def _triplet(out, d_pos, d_neg, settings):
+  return losses.triplet_hinge(d_pos, d_neg, settings["margin"], settings["reduction"])
+
+
+def _contrastive(out, d_pos, d_neg, settings):
+  return losses.contrastive(d_pos, d_neg, settings["contrastive_margin"])
+
+
+def _proxy(out, d_pos, d_neg, settings):
+  # Anchor and positive belong to the same outfit: both are classified into its proxy.
+  x = jnp.concatenate([out["anchor"], out["positive"]])
+  proxies = jnp.concatenate([out["proxies"], out["proxies"]])
+  return losses.sampled_proxy_softmax(x, proxies, settings["temperature"])
+
+
+STYLE_LOSSES: dict[str, Callable] = {"triplet": _triplet, "contrastive": _contrastive,
+                                     "proxy": _proxy}
+
+
+def product_loss(params, state: TrainState, batch: dict, *, model: ProductModel, loss_name: str,
+                 settings: dict, category_weight: float):
+  """Training-mode loss of `batch` at `params`: style loss + weighted category cross-entropy.
+
+  Returns:
+    loss, and aux = (new batch_stats, dict of scalar diagnostics).
+  """
+  out, updates = model.apply(
+      state.variables(params), batch, train=True,
+      rngs={"dropout": jax.random.fold_in(state.rng, state.step)}, mutable=["batch_stats"])
+  d_pos = squared_distance(out["anchor"], out["positive"])
+  d_neg = squared_distance(out["anchor"][:, None, :], out["negative"])
+  style = STYLE_LOSSES[loss_name](out, d_pos, d_neg, settings)
+  logits = jnp.concatenate([out["anchor_logits"], out["positive_logits"],
+                            out["negative_logits"].reshape(-1, out["anchor_logits"].shape[-1])])
+  labels = jnp.concatenate([batch["anchor_category"], batch["positive_category"],
+                            batch["negative_category"].reshape(-1)])
+  category = losses.categorical_cross_entropy(logits, labels)
+  loss = style + category_weight * category
+  aux = {"style_loss": style, "category_loss": category,
+         "triplet_accuracy": jnp.mean(d_pos[:, None] < d_neg),
+         "category_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+         "d_pos": jnp.mean(d_pos), "d_neg": jnp.mean(d_neg)}
+  return loss, (updates["batch_stats"], aux)
+
+
+def train_step(state: TrainState, batch: dict, *, model: ProductModel, loss_name: str,
+               settings: dict, category_weight: float,
+               schedule: Callable) -> tuple[TrainState, dict]:
+  """One optimizer step on a batch of tuples; returns the new state and scalar metrics."""
+  grad_fn = jax.value_and_grad(product_loss, has_aux=True)
+  (loss, (batch_stats, aux)), grads = grad_fn(
+      state.params, state, batch, model=model, loss_name=loss_name, settings=settings,
+      category_weight=category_weight)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, **aux, "l2_grads": optax.global_norm(grads),
+             "l2_params": optax.global_norm(params), "learning_rate": schedule(state.step)}
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state), metrics
+
+
+def item_step(state: TrainState, batch: dict, *, model: ProductModel) -> dict:
+  """Style, logits and backbone vector of item crops (inference mode)."""
+  return model.apply(state.variables(), batch["image"], method="item_outputs")
+
+
+def item_from_features_step(state: TrainState, batch: dict, *, model: ProductModel) -> dict:
+  return model.apply(state.variables(), batch["global"], method="item_outputs_from_features")

@@ -1,0 +1,120 @@
+"""The product-based task (Li et al., KDD 2020) as the trainer sees it (`config.task='product'`).
+
+Given one item (a crop of an outfit collage), recommend compatible items of other categories.
+The interface is the one of `scene_task.SceneTask`; the loop, checkpoints, sharding and logging
+in `train.py` are shared.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import numpy as np
+
+from ctl_jax.product import evaluation as product_eval
+from ctl_jax.product import model as product_model
+from ctl_jax.product import steps as product_steps
+from input_pipeline import feature_cache
+from input_pipeline.product import dataset as product_data
+from input_pipeline.product import pipeline as product_pipeline
+
+
+def num_proxies(config, data: product_data.ProductDataset) -> int:
+  """Size of the proxy table: one proxy per training outfit when the loss uses proxies."""
+  return len(data.train.outfits) if config.loss.name == "proxy" else 0
+
+
+class ProductTask:
+  """Style embeddings and a category classifier for items of outfits (the CTL format)."""
+
+  name = "product"
+  step_inputs = ("anchor", "positive", "negative", "anchor_global", "positive_global",
+                 "negative_global", "anchor_category", "positive_category", "negative_category",
+                 "proxy_outfits")
+  region_kinds = ()  # the feature cache keeps global vectors only
+  # Host-batch entries that name a row's items (for the report of a non-finite step).
+  id_keys = ("anchor_index", "positive_index", "negative_index")
+  # Config fields that shape the train state: a checkpoint written with other values is refused.
+  checkpoint_fields = ("model.backbone", "model.embed_dim", "model.style_hidden",
+                       "model.classifier_hidden", "model.freeze_backbone", "loss.name",
+                       "optimizer.name")
+
+  def load_data(self, config) -> product_data.ProductDataset:
+    return product_data.load_product_dataset(config.data)
+
+  def categories(self, data: product_data.ProductDataset) -> list[str]:
+    return data.categories
+
+  def checkpoint_meta(self, data: product_data.ProductDataset) -> dict:
+    """What serving needs besides the weights: co-occurrence of categories in training outfits
+    (for complementary categories) and the number of outfit proxies."""
+    outfits = np.zeros(len(data.categories), np.int64)
+    groups = product_data.items_by_outfit(data.train)
+    for o in data.train_outfits:
+      outfits[np.unique(data.train.item_category[groups[o]])] += 1
+    return {"cooccurrence": data.cooccurrence().tolist(), "category_outfits": outfits.tolist(),
+            "num_proxies": len(data.train.outfits)}
+
+  def signatures(self, data: product_data.ProductDataset, ids: dict) -> dict[str, list[str]]:
+    """Item keys (collage signature and box) of the training rows `ids` (entries `id_keys`)."""
+    return {role: [data.train.item_keys[i] for i in np.ravel(ids[f"{role}_index"])]
+            for role in ("anchor", "positive", "negative")}
+
+  def create_model(self, config, data: product_data.ProductDataset):
+    return product_model.create_model(config.model, len(data.categories),
+                                      num_proxies(config, data))
+
+  def train_step(self, config, model, schedule):
+    """The pure step function, with the loss settings bound."""
+    loss = config.loss
+    if loss.name not in product_steps.STYLE_LOSSES:
+      raise ValueError(f"loss.name={loss.name!r}; choose from {list(product_steps.STYLE_LOSSES)}")
+    settings = dict(margin=loss.margin, reduction=loss.reduction,
+                    contrastive_margin=loss.contrastive_margin, temperature=loss.temperature)
+    return functools.partial(product_steps.train_step, model=model, loss_name=loss.name,
+                             settings=settings, category_weight=loss.category_weight,
+                             schedule=schedule)
+
+  def sampler(self, config, data: product_data.ProductDataset):
+    loss = config.loss
+    return product_data.ProductTripletSampler(
+        data, seed=config.seed, negatives=loss.negatives, num_negatives=loss.num_negatives,
+        num_proxies=loss.num_proxies if loss.name == "proxy" else 0)
+
+  def train_batches(self, run, start_step: int, cache: feature_cache.FeatureCache | None):
+    """Host batches from `start_step` on: item crops, or cached features when `cache` is given."""
+    c, data = run.config, run.data
+    sampler = self.sampler(c, data)
+    if sampler.num_unusable:
+      logging.warning("%d training pairs have no possible negative and are skipped",
+                      sampler.num_unusable)
+    hosts = dict(global_batch=c.input.batch_size, start_step=start_step,
+                 process_index=jax.process_index(), process_count=jax.process_count(),
+                 prefetch=c.input.prefetch)
+    if cache is None:
+      return product_pipeline.train_images(
+          sampler, product_data.paths_of(data.train), product_data.crops_of(data.train),
+          image_size=c.input.image_size, normalization=c.input.normalization,
+          num_parallel_calls=c.input.num_parallel_calls, **hosts)
+    return product_pipeline.train_features(sampler, cache,
+                                           cache.rows("items", data.train.item_keys), **hosts)
+
+  def cache_items(self, data: product_data.ProductDataset):
+    """Every item crop of both splits (the whole training split, whatever data.train_fraction
+    keeps, so that runs on subsets share one cache)."""
+    splits = (data.train, data.test)
+    return {"items": ([k for d in splits for k in d.item_keys],
+                      [p for d in splits for p in product_data.paths_of(d)],
+                      np.concatenate([product_data.crops_of(d) for d in splits]))}
+
+  def evaluate(self, run, state, cache, untrained_state=None) -> dict:
+    embed = product_eval.ItemEmbedder(run.model, run.mesh,
+                                      jax.tree.map(lambda x: x.sharding, state), run.config,
+                                      cache=cache)
+    return product_eval.evaluate(state, embed, run.data, run.config,
+                                 untrained_state=untrained_state)
+
+  def format_table(self, results: dict) -> str:
+    return product_eval.format_table(results)

@@ -1,0 +1,246 @@
+"""Held-out evaluation of the scene-based model next to its baselines.
+
+For each test (scene, positive, category), the scene is cropped exactly as in training (the
+positive cut out). Every product is embedded once and every test scene gives one ranking query
+v = f_s + q_c, so a product's hybrid distance is 2 - v.f_p (see `distances.ranking_query`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+
+from ctl_jax import metrics
+from ctl_jax.trainer import sharding
+from ctl_jax.scene import steps as scene_steps
+from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline.feature_cache import FeatureCache
+from input_pipeline.image_source import ImageRows
+from input_pipeline.scene.dataset import SceneDataset
+
+
+def protocol(num_candidates: int, ks) -> str:
+  return (f"scene-based CTL (Kang et al. 2019). Per held-out (scene, positive, category) with the "
+          f"positive cut out of the scene: 'auc' = fraction of sampled same-category negatives "
+          f"farther than the positive; 'hr@K' (K in {list(ks)}) = positive in the top K among "
+          f"itself + {num_candidates - 1} same-category negatives sampled once (fixed seed) from "
+          f"the whole catalogue, excluding the scene's own products (fewer when a category is "
+          f"smaller); 'category_*' = the same ranking among all products of the category that "
+          f"occur in the test split. Ties count half (auc) or in expectation (hr). The same "
+          f"candidates are used for every method in 'baselines'.")
+
+
+class Candidates:
+  """Which products each test query is ranked against: sampled, and the whole test category."""
+
+  def __init__(self, ds: SceneDataset, num_candidates: int, seed: int):
+    data = ds.stl
+    self.rows = ds.test.pairs
+    self.positive = data.pair_product[self.rows]
+    self.category = data.pair_category[self.rows]
+    scene = data.pair_scene[self.rows]
+    # Products each test scene contains: never negatives of that scene.
+    own: dict[int, set[int]] = {}
+    for s, p in zip(data.pair_scene, data.pair_product):
+      own.setdefault(int(s), set()).add(int(p))
+    self.excluded = [own[int(s)] for s in scene]
+    rng = np.random.default_rng(seed)
+    by_cat = [np.flatnonzero(data.product_category == c) for c in range(len(data.categories))]
+    k = num_candidates - 1
+    self.sampled = np.zeros((len(self.rows), k), np.int64)
+    self.sampled_valid = np.zeros((len(self.rows), k), bool)
+    for i, (c, excl) in enumerate(zip(self.category, self.excluded)):
+      pool = by_cat[c][~np.isin(by_cat[c], list(excl))]
+      pick = rng.permutation(pool)[:k]
+      self.sampled[i, :len(pick)] = pick
+      self.sampled_valid[i, :len(pick)] = True
+    test_products = np.unique(self.positive)  # sorted, as `not_excluded` expects
+    self.category_products = [test_products[data.product_category[test_products] == c]
+                              for c in range(len(data.categories))]
+
+
+  def not_excluded(self, queries: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """[len(queries), len(products)] mask: False where a product is in the query's scene."""
+    valid = np.ones((len(queries), len(products)), bool)
+    for j, i in enumerate(queries):
+      own = np.fromiter(self.excluded[i], np.int64)
+      at = np.minimum(np.searchsorted(products, own), len(products) - 1)
+      valid[j, at[products[at] == own]] = False
+    return valid
+
+
+# A scorer maps (query rows [M], product ids [M, K] or [K]) to distances [M, K].
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def embedding_scorer(queries: np.ndarray, products: np.ndarray) -> Scorer:
+  """Hybrid distance 2 - v.f_p from ranking queries and product embeddings."""
+
+  def score(rows, cols):
+    q = queries[rows].astype(np.float64)
+    if cols.ndim == 1:
+      return 2.0 - q @ products[cols].astype(np.float64).T
+    return 2.0 - np.einsum("md,mkd->mk", q, products[cols].astype(np.float64))
+
+  return score
+
+
+def popularity_scorer(popularity: np.ndarray) -> Scorer:
+  """Most frequent training products first, whatever the scene."""
+  return lambda rows, cols: np.broadcast_to(-popularity[cols], (len(rows),) + cols.shape[-1:])
+
+
+def random_scorer(seed: int) -> Scorer:
+  rng = np.random.default_rng(seed)
+  return lambda rows, cols: rng.random((len(rows),) + cols.shape[-1:])
+
+
+def ranking_metrics(score: Scorer, cands: Candidates, ks) -> dict[str, float]:
+  """auc, hr@K over sampled candidates and the same over whole test categories."""
+  rows = np.arange(len(cands.rows))
+  d_pos = score(rows, cands.positive[:, None])[:, 0]
+  d_neg = np.concatenate([score(rows[i:i + 4096], cands.sampled[i:i + 4096])
+                          for i in range(0, len(rows), 4096)])
+  out = {"auc": metrics.auc(d_pos, d_neg, cands.sampled_valid)}
+  out.update({f"hr@{k}": v for k, v in
+              metrics.hit_rates(d_pos, d_neg, ks, cands.sampled_valid).items()})
+  # Whole category: each category's queries against all its test products at once.
+  weighted: dict[str, float] = {}
+  for c, products in enumerate(cands.category_products):
+    q = np.flatnonzero(cands.category == c)
+    if len(q) == 0:
+      continue
+    d_all = score(q, products)
+    valid = cands.not_excluded(q, products)
+    part = {"category_auc": metrics.auc(d_pos[q], d_all, valid)}
+    part.update({f"category_hr@{k}": v for k, v in
+                 metrics.hit_rates(d_pos[q], d_all, ks, valid).items()})
+    for key, v in part.items():
+      weighted[key] = weighted.get(key, 0.0) + v * len(q)
+  out.update({k: v / len(rows) for k, v in weighted.items()})
+  return out
+
+
+class Embedder:
+  """Jitted, sharded inference of ranking queries (scenes) and product embeddings, from images
+  or, when a feature cache is given, from cached backbone features (heads only)."""
+
+  def __init__(self, model, mesh, state_sharding, config, cache: FeatureCache | None = None):
+    self.mesh = mesh
+    self.config = config
+    self.cache = cache
+    batch_sharding = sharding.batch_sharded(mesh)
+    jit = lambda fn: jax.jit(functools.partial(fn, model=model),
+                             in_shardings=(state_sharding, batch_sharding),
+                             out_shardings=sharding.replicated(mesh))
+    if cache is None:
+      self._scene = jit(scene_steps.scene_query_step)
+      self._product = jit(scene_steps.product_embedding_step)
+    else:
+      self._scene = jit(scene_steps.scene_query_from_features_step)
+      self._product = jit(scene_steps.product_embedding_from_features_step)
+
+  def _run(self, fn, state, batches, out_key, num_rows):
+    outs = []
+    for batch in batches:
+      batch = sharding.to_global({k: v for k, v in batch.items() if k != "_mask"}, self.mesh)
+      outs.append(np.asarray(fn(state, batch)[out_key]))
+    return np.concatenate(outs)[:num_rows]
+
+  def _images(self, images: ImageRows | list[str], crops, extras):
+    c = self.config
+    data = scene_pipeline.eval_images(
+        images, crops, extras, global_batch=c.eval.batch_size, image_size=c.input.image_size,
+        normalization=c.input.normalization, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    return data.as_numpy_iterator()
+
+  def _cached(self, kind, rows, extras):
+    """Padded batches of cached features of `rows` (gathered batch by batch)."""
+    for ids, mask in scene_pipeline.padded_row_batches(
+        len(rows), global_batch=self.config.eval.batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count()):
+      batch = {"_mask": mask, "global": self.cache.gather(kind, "global", rows[ids]),
+               **{k: v[ids] for k, v in extras.items()}}
+      if kind == "scenes":
+        batch["regions"] = self.cache.gather(kind, "regions", rows[ids])
+      yield batch
+
+  def products(self, state, ds: SceneDataset) -> np.ndarray:
+    """[num_products, D] embeddings of every catalogue product."""
+    if self.cache is None:
+      products = ImageRows(ds.product_images, np.arange(len(ds.stl.products)))
+      return self.product_images(state, products)
+    batches = self._cached("products", self.cache.rows("products", ds.stl.products), {})
+    return self._run(self._product, state, batches, "embedding", len(ds.stl.products))
+
+  def product_images(self, state, images: ImageRows | list[str]) -> np.ndarray:
+    """[len(images), D] embeddings of whole product images (ImageRows, or one file per row;
+    needs an Embedder without cache)."""
+    batches = ({"image": b["image"]} for b in self._images(images, None, {}))
+    return self._run(self._product, state, batches, "embedding", len(images))
+
+  def test_queries(self, state, ds: SceneDataset) -> np.ndarray:
+    """[num_test_pairs, D] ranking queries of the cropped test scenes."""
+    rows = ds.test.pairs
+    category = ds.stl.pair_category[rows]
+    if self.cache is None:
+      scenes = ImageRows(ds.scene_images, ds.stl.pair_scene[rows])
+      batches = ({"image": b["image"], "category": b["category"]}
+                 for b in self._images(scenes, ds.test.crops, {"category": category}))
+    else:
+      batches = self._cached("scenes", self.cache.rows("scenes", ds.scene_keys(ds.test)),
+                             {"category": category})
+    return self._run(self._scene, state, batches, "query", len(rows))
+
+
+def evaluate(state, embedder: Embedder, ds: SceneDataset, config,
+             untrained_state=None) -> dict:
+  """The model's held-out metrics and, when `config.eval.baselines`, its baselines."""
+  if len(ds.test.pairs) == 0:
+    raise ValueError("the test split is empty: raise data.test_fraction or add scenes")
+  ks = tuple(config.eval.ks)
+  cands = Candidates(ds, config.eval.num_candidates, config.eval.seed)
+
+  def model_metrics(s):
+    return ranking_metrics(embedding_scorer(embedder.test_queries(s, ds), embedder.products(s, ds)),
+                           cands, ks)
+
+  results = model_metrics(state)
+  results.update(step=int(jax.device_get(state.step)), num_queries=len(cands.rows),
+                 num_products=len(ds.stl.products), protocol=protocol(config.eval.num_candidates, ks))
+  if config.eval.baselines:
+    results["baselines"] = {
+        "random": ranking_metrics(random_scorer(config.eval.seed), cands, ks),
+        "popularity": ranking_metrics(popularity_scorer(ds.product_popularity()), cands, ks),
+    }
+    if untrained_state is not None:
+      results["baselines"]["untrained"] = model_metrics(untrained_state)
+  return results
+
+
+def metric_keys(results: dict) -> list[str]:
+  return [k for k, v in results.items() if isinstance(v, float)]
+
+
+def format_table(results: dict) -> str:
+  """A small fixed-width table: the model and each baseline, one row each."""
+  keys = metric_keys(results)
+  rows = [("model", results)] + list(results.get("baselines", {}).items())
+  header = f"{'method':<12}" + "".join(f"{k:>16}" for k in keys)
+  lines = [header, "-" * len(header)]
+  for name, values in rows:
+    lines.append(f"{name:<12}" + "".join(f"{values.get(k, float('nan')):>16.4f}" for k in keys))
+  return "\n".join(lines)
+
+
+def write_results(results: dict, workdir: str) -> str:
+  path = os.path.join(workdir, "eval_metrics.json")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2)
+  return path

@@ -1,0 +1,159 @@
+"""The scene-based Complete-The-Look model: backbone, heads f, l, h and category embeddings e_c.
+
+One backbone pass per image gives both the global vector and the region map. The heads are
+    f   global head, shared by scenes and products   (Dense-BN-ReLU-Dropout-Dense-L2)
+    l   local head on each region                     (same shape)
+    h   attention head on each region                 (same shape)
+    e_c one learned, L2-normalised vector per category (the attention query)
+and the model returns hybrid distances (see `distances.py`).
+
+Batches hold either images (`scene`, `positive`, `negative`) or cached backbone features
+(`scene_global`, `scene_regions`, `positive_global`, `negative_global`); the heads see the same
+features either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ctl_jax.scene import distances
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), eps))
+
+
+class ProjectionHead(nn.Module):
+  """Dense -> BatchNorm -> ReLU -> Dropout -> Dense -> L2-normalise, over the last axis."""
+
+  hidden: int
+  out: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dense(self.hidden, dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)  # over all other axes
+    x = nn.relu(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return l2_normalize(nn.Dense(self.out, dtype=self.dtype)(x))
+
+
+class SceneHeads(nn.Module):
+  """Heads f, l, h and the category embeddings."""
+
+  num_categories: int
+  embed_dim: int = 128
+  global_hidden: int = 256
+  local_hidden: int = 256
+  attention_hidden: int = 128
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.global_head = ProjectionHead(self.global_hidden, self.embed_dim, self.dropout, self.dtype)
+    self.local_head = ProjectionHead(self.local_hidden, self.embed_dim, self.dropout, self.dtype)
+    self.attention_head = ProjectionHead(self.attention_hidden, self.embed_dim, self.dropout,
+                                         self.dtype)
+    self.category_embedding = nn.Embed(self.num_categories, self.embed_dim,
+                                       embedding_init=nn.initializers.normal(1.0))
+
+  def embed_global(self, features, train: bool = False):
+    """f(global) for scenes and products: [..., G] -> [..., D]."""
+    return self.global_head(features, train)
+
+  def embed_regions(self, regions, train: bool = False):
+    """[B, h, w, C] -> (f_i [B, R, D], fhat_i [B, R, D])."""
+    flat = regions.reshape(regions.shape[0], -1, regions.shape[-1])
+    return self.local_head(flat, train), self.attention_head(flat, train)
+
+  def embed_category(self, category):
+    """e_c, unit norm: [B] int -> [B, D]."""
+    return l2_normalize(self.category_embedding(category))
+
+  def __call__(self, global_features, regions, category, train: bool = False):
+    """Touches every head (used by init)."""
+    return (self.embed_global(global_features, train), self.embed_regions(regions, train),
+            self.embed_category(category))
+
+
+class CTLModel(nn.Module):
+  """Backbone + scene heads; `freeze_backbone` keeps the backbone out of training."""
+
+  backbone: nn.Module
+  heads: SceneHeads
+  freeze_backbone: bool = True
+
+  def features(self, images, train: bool = False):
+    """{'global': [B, G], 'regions': [B, h, w, C]} from one backbone pass."""
+    out = self.backbone(images, train=train and not self.freeze_backbone)
+    if self.freeze_backbone:
+      out = jax.tree.map(jax.lax.stop_gradient, out)
+    return out
+
+  def _triplet_features(self, batch, train: bool):
+    """Scene global/regions and product globals, from images (one pass) or from the cache."""
+    if "scene_global" in batch:  # cached features (stored as float16)
+      # Converted once and kept (the barrier stops XLA from redoing the conversion inside
+      # every matmul that reads the region map, forward and backward).
+      f32 = lambda k: jax.lax.optimization_barrier(batch[k].astype(jnp.float32))
+      return f32("scene_global"), f32("scene_regions"), f32("positive_global"), f32("negative_global")
+    scene, positive, negative = batch["scene"], batch["positive"], batch["negative"]
+    b, n = negative.shape[:2]
+    images = jnp.concatenate([scene, positive, negative.reshape((b * n,) + negative.shape[2:])])
+    feats = self.features(images, train)
+    glob = feats["global"]
+    return glob[:b], feats["regions"][:b], glob[b:2 * b], glob[2 * b:].reshape(b, n, -1)
+
+  def __call__(self, batch, train: bool = False):
+    """Hybrid distances of each scene to its positive and its negatives.
+
+    Returns:
+      d_pos [B], d_neg [B, N], and an aux dict of named intermediates: `attention` [B, R],
+      the ranking `query` v = f_s + q_c [B, D], and the `positive` [B, D] and `negative`
+      [B, N, D] product embeddings.
+    """
+    scene_g, regions, pos_g, neg_g = self._triplet_features(batch, train)
+    b, n = neg_g.shape[:2]
+    # One call of the shared global head over scenes and products: its BatchNorm sees one
+    # batch in training, the same population its running statistics describe at inference.
+    emb = self.heads.embed_global(jnp.concatenate([scene_g, pos_g, neg_g.reshape(b * n, -1)]),
+                                  train)
+    f_s, f_pos, f_neg = emb[:b], emb[b:2 * b], emb[2 * b:].reshape(b, n, -1)
+    f_i, fhat_i = self.heads.embed_regions(regions, train)
+    e_c = self.heads.embed_category(batch["category"])
+    weights = distances.attention_weights(fhat_i, e_c)
+    products = jnp.concatenate([f_pos[:, None, :], f_neg], axis=1)  # [B, 1 + N, D]
+    d = distances.hybrid_distance(f_s, f_i, weights, products)
+    aux = {"attention": weights, "query": distances.ranking_query(f_s, f_i, weights),
+           "positive": f_pos, "negative": f_neg}
+    return d[:, 0], d[:, 1:], aux
+
+  def scene_query(self, images, category, train: bool = False):
+    """Ranking queries v = f_s + q_c [B, D] and attention [B, R] of scene images."""
+    feats = self.features(images, train)
+    return self.scene_query_from_features(feats["global"], feats["regions"], category, train)
+
+  def scene_query_from_features(self, global_features, regions, category, train: bool = False):
+    f_s = self.heads.embed_global(global_features.astype(jnp.float32), train)
+    f_i, fhat_i = self.heads.embed_regions(regions.astype(jnp.float32), train)
+    weights = distances.attention_weights(fhat_i, self.heads.embed_category(category))
+    return distances.ranking_query(f_s, f_i, weights), weights
+
+  def product_embedding(self, images, train: bool = False):
+    """f_p [B, D] of product images."""
+    return self.product_embedding_from_features(self.features(images, train)["global"], train)
+
+  def product_embedding_from_features(self, global_features, train: bool = False):
+    return self.heads.embed_global(global_features.astype(jnp.float32), train)
+
+  def init_all(self, images, category):
+    """Creates every variable (backbone, heads, categories)."""
+    feats = self.features(images)
+    return self.heads(feats["global"], feats["regions"], category)

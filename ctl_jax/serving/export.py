@@ -1,0 +1,131 @@
+"""`run.py export`: embed a catalogue with a trained model and write it (see catalogue.py).
+
+Catalogue sources:
+  features  the training data's products, from the feature cache (extracted on first use);
+  DIR       a folder with `fashion-cat.json` (product signature -> category path, the STL format)
+            and product images under `DIR/<data.images_dir>` (flat or nested); products whose
+            category the model does not know, or whose image is missing, are skipped and counted
+            (`data.strict=True` stops at the first one instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ctl_jax.serving import catalogue
+from ctl_jax.scene import evaluation as scene_eval
+from ctl_jax.serving import scene_predictor
+from input_pipeline.readers import image_folder
+from input_pipeline.readers import stl
+from input_pipeline.readers.drops import DataError, DropReport
+
+
+def read_catalogue_dir(root: str | os.PathLike, categories: list[str], *, images_dir: str,
+                       category_map=None, strict: bool = False):
+  """(signatures, category ids, image paths, DropReport) of the products of an STL-style folder."""
+  root = Path(root)
+  report = DropReport(strict=strict)
+  path = root / stl.CATEGORIES_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: a catalogue folder holds {stl.CATEGORIES_FILE} "
+                            f"and its images under {images_dir}/")
+  paths = stl.read_category_map(path, report)
+  folder = image_folder.ImageFolder(root / images_dir)
+  index = {c: i for i, c in enumerate(categories)}
+  sigs, ids, files = [], [], []
+  for sig, cat_path in paths.items():
+    label = stl.category_label(cat_path, category_map)
+    if label not in index:
+      report.drop(path, None, sig, f"category {label!r} unknown to the model")
+    elif sig not in folder:
+      report.drop(path, None, sig, f"missing image under {root / images_dir}")
+    else:
+      sigs.append(sig)
+      ids.append(index[label])
+      files.append(folder.path(sig))
+  if not sigs:
+    raise DataError(f"{path}: empty catalogue, no usable product ({report.summary()})")
+  return sigs, np.asarray(ids, np.int32), files, report
+
+
+def _scene_from_features(config, workdir):
+  """The training products embedded from cached backbone features."""
+  from ctl_jax.trainer import loop  # the trainer's data set-up and feature cache
+  with config.unlocked():
+    config.data.source = "features"
+  run = loop.setup(config, workdir)
+  if run.checkpointer.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint under {run.checkpointer.directory}: train first")
+  state = run.restore_or_init()
+  embedder = scene_eval.Embedder(run.model, run.mesh, jax.tree.map(lambda x: x.sharding, state),
+                               config, cache=run.feature_cache(state))
+  data = run.data
+  emb = embedder.products(state, data)
+  return (emb, list(data.stl.products), data.stl.product_category, data.product_paths,
+          int(jax.device_get(state.step)), data.categories, DropReport())
+
+
+def _scene_from_folder(config, workdir, folder):
+  scene = scene_predictor.restore_scene_model(workdir, config)
+  sigs, ids, files, report = read_catalogue_dir(
+      folder, scene.categories, images_dir=config.data.images_dir,
+      category_map=dict(config.data.category_map) or None, strict=config.data.strict)
+  embedder = scene_eval.Embedder(scene.model, scene.mesh,
+                               jax.tree.map(lambda x: x.sharding, scene.state), config)
+  return (embedder.product_images(scene.state, files), sigs, ids, files, scene.step,
+          scene.categories, report)
+
+
+def _style_from_folder(config, workdir, folder):
+  """Style vectors of the product model (the KDD flow), through its serving API."""
+  try:
+    from ctl_jax.serving import product_predictor
+  except ImportError as e:
+    raise ValueError("exporting a product-task model needs ctl_jax/product_predictor.py (the "
+                     "product-based task)") from e
+  predictor = product_predictor.ProductPredictor(config, workdir)
+  sigs, ids, files, report = read_catalogue_dir(
+      folder, predictor.categories, images_dir=config.data.images_dir,
+      category_map=dict(config.data.category_map) or None, strict=config.data.strict)
+  batch = config.eval.batch_size
+  emb = np.concatenate([predictor.embed(predictor.load_items(files[i:i + batch]))["style"]
+                        for i in range(0, len(files), batch)])
+  return emb, sigs, ids, files, predictor.step, predictor.categories, report
+
+
+# (task, catalogue is the feature cache) -> embed function; kind of distance of the task.
+SOURCES = {("scene", True): _scene_from_features, ("scene", False): _scene_from_folder,
+           ("product", False): _style_from_folder}
+KINDS = {"scene": "scene_hybrid", "product": "style_l2"}
+
+
+def export_embeddings(config, workdir: str, source: str, out: str | None = None,
+                      dtype: str = "float32") -> dict:
+  """Embeds the catalogue `source` ('features' or a folder) and writes it to `out`.
+
+  Returns:
+    The manifest (also written to `out/manifest.json`); `out` defaults to `workdir/export`.
+  """
+  use_cache = source == "features"
+  if (config.task, use_cache) not in SOURCES:
+    raise ValueError(f"--catalogue {source}: not supported for task {config.task!r} (use a "
+                     f"catalogue folder)")
+  if not use_cache and not Path(source).is_dir():
+    raise FileNotFoundError(f"--catalogue {source}: not a folder (or 'features')")
+  fn = SOURCES[(config.task, use_cache)]
+  args = (config, workdir) if use_cache else (config, workdir, source)
+  emb, sigs, ids, files, step, categories, report = fn(*args)
+  if len(report):
+    logging.warning("%s: %s", source, report.summary())
+  out = out or os.path.join(workdir, "export")
+  if jax.process_index() != 0:
+    return {}
+  return catalogue.write(out, emb, sigs, ids, categories, files, kind=KINDS[config.task],
+                         step=step, fingerprint=catalogue.model_fingerprint(config, categories),
+                         dtype=dtype, extra={"catalogue": os.path.abspath(source) if not use_cache
+                                             else "features", "dropped": report.counts()})

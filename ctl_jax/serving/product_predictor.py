@@ -1,0 +1,110 @@
+"""Serving API of a trained product-based model: what the product-query flow calls.
+
+  predictor = ProductPredictor(config, workdir)
+  images = predictor.load_items(["collage.jpg"], [(x, y, w, h)])   # or any preprocessed batch
+  predictor.predict_category(images)        # [[("Shoes", 0.93), ...]] per image
+  predictor.embed(images)["style"]          # [B, D] unit style vectors: smaller distance = better
+  predictor.complementary_categories("Shoes")   # [("Pants", 0.41), ...] learned from outfits
+
+Complementary categories come from the co-occurrence of categories in the training outfits,
+saved with every checkpoint, so serving does not need the training files.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from ctl_jax.trainer import checkpoint
+from ctl_jax.product import model as product_model
+from ctl_jax.product import steps as product_steps
+from ctl_jax.trainer import sharding
+from ctl_jax.trainer import state as train_state
+from input_pipeline import preprocess
+
+
+def complementary_categories(category: str, categories: list[str], cooccurrence,
+                             category_outfits, top_k: int | None = None,
+                             min_outfits: int = 1) -> list[tuple[str, float]]:
+  """Other categories ranked by P(an outfit holds one | it holds `category`) in training outfits.
+
+  Args:
+    cooccurrence: [C, C] outfits holding both categories (see product_data.category_cooccurrence).
+    category_outfits: [C] outfits holding each category.
+    min_outfits: leave out categories seen together in fewer outfits than this.
+  """
+  if category not in categories:
+    raise KeyError(f"unknown category {category!r}; the model knows {categories}")
+  c = categories.index(category)
+  counts = np.asarray(cooccurrence)[c]
+  total = max(int(np.asarray(category_outfits)[c]), 1)
+  ranked = [(categories[j], counts[j] / total) for j in np.argsort(-counts, kind="stable")
+            if j != c and counts[j] >= min_outfits]
+  return ranked[:top_k] if top_k is not None else ranked
+
+
+class ProductPredictor:
+  """A restored product model with its categories and their co-occurrence statistics."""
+
+  def __init__(self, config, workdir: str | os.PathLike, step: int | None = None):
+    self.config = config
+    ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1_000_000)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {ckpt.directory}: train first")
+    meta = ckpt.restore_meta(step)
+    self.categories: list[str] = list(meta["categories"])
+    self.cooccurrence = np.asarray(meta["cooccurrence"], np.int64)
+    self.category_outfits = np.asarray(meta["category_outfits"], np.int64)
+    proxies = meta["num_proxies"] if config.loss.name == "proxy" else 0
+    self.model = product_model.create_model(config.model, len(self.categories), proxies)
+    self.mesh = sharding.make_mesh()
+    tx, _ = train_state.make_optimizer(config.optimizer, config.train.num_steps)
+    like = train_state.create_train_state(self.model, tx, jax.random.PRNGKey(config.seed),
+                                          config.input.image_size, self.mesh)
+    self.state, _ = ckpt.restore(like, step)
+    ckpt.close()
+    self.step = step
+    self._fn = jax.jit(functools.partial(product_steps.item_step, model=self.model),
+                       in_shardings=(jax.tree.map(lambda x: x.sharding, self.state),
+                                     sharding.batch_sharded(self.mesh)),
+                       out_shardings=sharding.replicated(self.mesh))
+
+  def load_items(self, paths: list[str], boxes=None) -> np.ndarray:
+    """[B, S, S, 3] model inputs: each image cropped to its CTL (x, y, w, h) box (whole image
+    when `boxes` is None), resized and normalised as in training."""
+    c = self.config.input
+    out = []
+    for i, path in enumerate(paths):
+      crop = preprocess.FULL_IMAGE
+      if boxes is not None:
+        x, y, w, h = boxes[i]
+        crop = tuple(np.clip([x, y, x + w, y + h], 0.0, 1.0))
+      out.append(preprocess.load_image(tf.constant(path), tf.constant(crop, tf.float32),
+                                       c.image_size, c.normalization).numpy())
+    return np.stack(out)
+
+  def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{'style': [B, D] unit vectors, 'probs': [B, C] category probabilities} of model inputs."""
+    n = len(images)
+    pad = -n % self.mesh.size  # the batch is split over every device
+    batch = np.concatenate([images, np.repeat(images[:1], pad, axis=0)]) if pad else images
+    out = jax.device_get(self._fn(self.state, sharding.to_global(
+        {"image": np.asarray(batch, np.float32)}, self.mesh)))
+    return {"style": np.asarray(out["style"][:n]),
+            "probs": np.asarray(jax.nn.softmax(out["logits"][:n], axis=-1))}
+
+  def predict_category(self, images: np.ndarray, top_k: int = 1) -> list[list[tuple[str, float]]]:
+    """Per image, the `top_k` most likely categories with their probabilities."""
+    probs = self.embed(images)["probs"]
+    return [[(self.categories[j], float(p[j])) for j in np.argsort(-p)[:top_k]] for p in probs]
+
+  def complementary_categories(self, category: str, top_k: int | None = None,
+                               min_outfits: int = 1) -> list[tuple[str, float]]:
+    """Categories that complete `category`, most frequent in its training outfits first."""
+    return complementary_categories(category, self.categories, self.cooccurrence,
+                                    self.category_outfits, top_k, min_outfits)

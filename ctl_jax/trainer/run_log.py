@@ -1,0 +1,139 @@
+"""What a training run tells its user, all from process 0: the opening lines (where everything
+goes, which hosts and devices), a progress bar with step rate and ETA, one log line and one
+`metrics.jsonl` object per logged step, and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import tqdm
+
+from ctl_jax.trainer import cluster
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def describe_outputs(config, workdir: str, checkpoint_dir: str) -> list[str]:
+  """The opening lines of a run: where it writes, and what it runs on."""
+  t = config.train
+  return [
+      f"workdir {os.path.abspath(workdir)} (config.json, eval_metrics.json)",
+      f"checkpoints {checkpoint_dir} (every {t.checkpoint_every_steps} steps and at the end, "
+      f"keep {t.max_checkpoints_to_keep}, asynchronous)",
+      f"metrics {os.path.join(os.path.abspath(workdir), METRICS_FILE)} "
+      f"(every {t.log_every_steps} steps)",
+      "TensorBoard " + (f"tensorboard --logdir {os.path.join(os.path.abspath(workdir), TENSORBOARD_DIR)}"
+                        if t.tensorboard else "off (train.tensorboard=False)"),
+      cluster.describe_topology(),
+  ]
+
+
+def _json_value(v):
+  return v if not isinstance(v, float) or math.isfinite(v) else None  # JSON has no NaN/Inf
+
+
+class MetricsLog:
+  """Process 0 appends one JSON object per logged step to workdir/metrics.jsonl.
+
+  Floats are written with `repr` precision (they read back bit for bit); NaN and Inf as null.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.enabled = cluster.is_main_process()
+
+  def drop_after(self, step: int) -> None:
+    """Forgets lines of steps after `step`: a resumed run redoes them (after a kill -9)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
+
+  def write(self, step: int, values: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, **{k: _json_value(v) for k, v in values.items()}})
+                + "\n")
+
+
+class TensorBoard:
+  """Scalars under workdir/tensorboard (process 0; a no-op elsewhere or when disabled)."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self._writer = None
+    if enabled and cluster.is_main_process():
+      import tensorflow as tf  # TF's summary writer; TensorBoard reads its event files
+      self._tf = tf
+      with tf.device("/cpu:0"):
+        self._writer = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
+
+  def scalars(self, step: int, values: dict, prefix: str = "") -> None:
+    if self._writer is None:
+      return
+    with self._writer.as_default(step=step), self._tf.device("/cpu:0"):
+      for k, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tf.summary.scalar(prefix + k, float(v))
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def _eta(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=int(seconds))) if math.isfinite(seconds) else "?"
+
+
+class TrainReport:
+  """Progress bar, log lines, metrics.jsonl and TensorBoard for one call of the training loop."""
+
+  def __init__(self, config, workdir: str, start_step: int):
+    self.num_steps = config.train.num_steps
+    self.batch_size = config.input.batch_size
+    self.metrics = MetricsLog(workdir)
+    self.metrics.drop_after(start_step)
+    self.tensorboard = TensorBoard(workdir, config.train.tensorboard)
+    # A bar only on a terminal: in log files the log lines below carry the rate and the ETA.
+    show_bar = cluster.is_main_process() and sys.stderr.isatty()
+    self.bar = tqdm.tqdm(total=self.num_steps, initial=start_step, unit="step", desc="train",
+                         disable=not show_bar, dynamic_ncols=True, mininterval=1.0)
+    self._window = (time.perf_counter(), start_step)
+
+  def advance(self) -> None:
+    self.bar.update(1)
+
+  def log(self, step: int, values: dict) -> dict:
+    """Writes the metrics of `step`, with throughput since the previous call; returns them."""
+    now = time.perf_counter()
+    t0, s0 = self._window
+    steps_per_second = (step - s0) / max(now - t0, 1e-9)
+    values = {**values, "steps_per_second": steps_per_second,
+              "triplets_per_second": steps_per_second * self.batch_size}
+    self._window = (now, step)
+    self.metrics.write(step, values)
+    self.tensorboard.scalars(step, values, prefix="train/")
+    loss = values.get("loss")
+    self.bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "nan", refresh=False)
+    logging.info("step %d/%d (%.0f%%) loss %s | %.2f steps/s, %.1f triplets/s | ETA %s", step,
+                 self.num_steps, 100 * step / self.num_steps,
+                 "nan" if loss is None or not math.isfinite(loss) else f"{loss:.4f}",
+                 steps_per_second, values["triplets_per_second"],
+                 _eta((self.num_steps - step) / steps_per_second if steps_per_second else math.inf))
+    return values
+
+  def close(self) -> None:
+    self.bar.close()
+    self.tensorboard.close()

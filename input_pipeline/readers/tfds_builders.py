@@ -1,0 +1,221 @@
+"""TFDS builders of Pinterest's public releases: `stl_fashion` (Shop The Look) and `ctl_outfits`
+(Complete The Look), built offline from a manual folder of annotations and images.
+
+    python -m input_pipeline.tools.tfds_build stl_fashion --manual_dir=stl-fashion --data_dir=tfds
+    python -m input_pipeline.tools.tfds_build ctl_outfits --manual_dir=ctl --data_dir=tfds
+
+(`input_pipeline.tools.tfds_build` is `tfds build` with these builders imported; where the `tfds`
+command itself runs, `tfds build --imports=input_pipeline.readers.tfds_builders stl_fashion ...` is the
+same.) The manual folders are the raw layouts the folder reader takes: `fashion.json`,
+`fashion-cat.json` and `images/` for STL; `raw_train.tsv`, `raw_test.tsv` and `images/` for CTL.
+
+Examples are self-contained, one per photo:
+  stl_fashion  a scene: its `scene` {signature, image} and its `products` [{signature, image,
+               category, category_path, box (left, top, right, bottom as published), bbox, line}]
+  ctl_outfits  an outfit collage: {signature, image, items [{box (x, y, w, h as published), bbox,
+               label, line}]}
+`box` keeps the published numbers exactly (float64); `bbox` is the same box as a
+tfds.features.BBoxFeature (clipped to [0, 1]) for visualisation. Image bytes are stored as they
+were on disk (JPEG, PNG, ...; never re-encoded). Splits: STL scenes go to `test` when
+`scene_sampler.is_test_signature(scene, 0.1)`, as the folder reader splits them, so a scene never
+straddles splits; CTL keeps the published split of raw_train.tsv / raw_test.tsv (an outfit listed
+in both stays in train only, and the test row is reported as dropped).
+
+Bad records are handled as by the folder readers (lenient): malformed or invalid rows, missing
+and undecodable images (`image_check`) are left out, and every dropped record is kept in the
+dataset's metadata (`info.metadata['drops']`, with file, line, field and reason).
+
+Random access. Both builders write ArrayRecord files by default and keep examples in generation
+order (`disable_shuffling`), and `info.metadata` holds the annotations of every example in that
+order. `tfds_source` uses both to open a dataset for the trainer without a pass over the images:
+it rebuilds the annotation tables from the metadata and fetches the bytes of any scene, product
+or collage by (split, record, position).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline.readers import ctl
+from input_pipeline.readers import image_check
+from input_pipeline.readers import stl
+from input_pipeline.scene import sampler as scene_sampler
+from input_pipeline.readers.drops import DataError, DropReport
+
+STL_TEST_FRACTION = 0.1  # the trainer's default data.test_fraction
+DEFAULT_FILE_FORMAT = "array_record"  # random access for the trainer; tfrecord streams only
+# Images stored as found (JPEG, PNG, GIF, BMP, WebP), decoded to RGB: no re-encoding.
+_IMAGE = dict(shape=(None, None, 3), encoding_format=None)
+
+
+def _drops_metadata(report: DropReport) -> list[dict]:
+  return [{"file": d.file, "line": d.line, "field": d.field, "reason": d.reason}
+          for d in report.drops]
+
+
+def _bbox(top: float, left: float, bottom: float, right: float) -> tfds.features.BBox:
+  clip = lambda v: float(min(max(v, 0.0), 1.0))
+  return tfds.features.BBox(ymin=clip(top), xmin=clip(left), ymax=clip(bottom), xmax=clip(right))
+
+
+def _check_images(root: Path, paths: dict[str, str]) -> dict[str, str]:
+  return image_check.check_images(paths, image_check.default_cache_file(root))
+
+
+class _ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
+  """ArrayRecord unless told otherwise, examples kept in generation order."""
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format or DEFAULT_FILE_FORMAT, **kwargs)
+
+
+class StlFashion(_ArrayRecordBuilder):
+  """Shop The Look (Kang et al. 2019): scenes with the products they show."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Scenes with products, images as found, drops in metadata."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Put Pinterest's STL release in the manual folder: fashion.json, fashion-cat.json and images/
+  (<sig>.jpg, flat or nested ab/cd/ef/<sig>.jpg; `python run.py download-images` fetches them).
+  """
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    product = {
+        "signature": tfds.features.Text(),
+        "image": tfds.features.Image(**_IMAGE),
+        "category": tfds.features.Text(),  # short label (last segment of the path)
+        "category_path": tfds.features.Text(),
+        "box": tfds.features.Tensor(shape=(4,), dtype=np.float64),  # left, top, right, bottom
+        "bbox": tfds.features.BBoxFeature(),
+        "line": np.int32,  # line of the pair in fashion.json
+    }
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "scene": {"signature": tfds.features.Text(), "image": tfds.features.Image(**_IMAGE)},
+            "products": tfds.features.Sequence(product),
+        }),
+        homepage="https://github.com/eileenforwhat/complete-the-look-dataset",
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    root = Path(dl_manager.manual_dir)
+    data = stl.read_stl(root)
+    bad = _check_images(root, data.image_paths)
+    if bad:
+      data = stl.read_stl(root, bad_images=bad)
+    report = DropReport()
+    cat_paths = stl.read_category_map(root / stl.CATEGORIES_FILE, report)
+    kept = set(data.pair_line.tolist())
+    by_scene: dict[str, list] = {}
+    for line, scene, product, box in stl.read_pairs(root / stl.PAIRS_FILE, report):
+      if line in kept:
+        by_scene.setdefault(scene, []).append((line, product, box))
+    splits = {"train": [], "test": []}
+    for scene, pairs in by_scene.items():  # scenes in order of first appearance
+      test = scene_sampler.is_test_signature(scene, STL_TEST_FRACTION)
+      splits["test" if test else "train"].append((scene, pairs))
+    self.info.metadata.update({
+        "format": "stl", "pairs_file": str(root / stl.PAIRS_FILE),
+        "test_fraction": STL_TEST_FRACTION,
+        "categories": {p: cat_paths[p] for p in data.products},
+        # Per split, in record order: [scene, [[line, product, [l, t, r, b]], ...]].
+        "examples": {k: [[s, [[line, p, box] for line, p, box in pairs]] for s, pairs in v]
+                     for k, v in splits.items()},
+        "drops": _drops_metadata(data.drops),
+    })
+    logging.info("stl_fashion from %s: %d scenes, %d pairs; %s", root, len(by_scene), len(kept),
+                 data.drops.summary())
+    paths = data.image_paths
+    return {name: self._generate_examples(scenes, paths, cat_paths)
+            for name, scenes in splits.items() if scenes}
+
+  def _generate_examples(self, scenes, paths, cat_paths):
+    for key, (scene, pairs) in enumerate(scenes):
+      products = []
+      for line, product, (left, top, right, bottom) in pairs:
+        products.append({
+            "signature": product, "image": paths[product],
+            "category": stl.category_label(cat_paths[product]),
+            "category_path": cat_paths[product], "box": [left, top, right, bottom],
+            "bbox": _bbox(top, left, bottom, right), "line": line})
+      yield key, {"scene": {"signature": scene, "image": paths[scene]}, "products": products}
+
+
+class CtlOutfits(_ArrayRecordBuilder):
+  """Complete The Look (Li et al. 2020): outfit collages with their items."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Outfits with items, images as found, drops in metadata."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Put Pinterest's CTL release in the manual folder: raw_train.tsv, raw_test.tsv and images/
+  (<sig>.jpg, flat or nested ab/cd/ef/<sig>.jpg; `python run.py download-images` fetches them).
+  """
+  SPLITS = ("train", "test")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    item = {
+        "box": tfds.features.Tensor(shape=(4,), dtype=np.float64),  # x, y, w, h as published
+        "bbox": tfds.features.BBoxFeature(),
+        "label": tfds.features.Text(),
+        "line": np.int32,  # line of the item in raw_<split>.tsv
+    }
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "signature": tfds.features.Text(),
+            "image": tfds.features.Image(**_IMAGE),
+            "items": tfds.features.Sequence(item),
+        }),
+        homepage="https://github.com/eileenforwhat/complete-the-look-dataset",
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    root = Path(dl_manager.manual_dir)
+    names = [s for s in self.SPLITS if (root / f"raw_{s}.tsv").exists()]
+    if not names:
+      raise DataError(f"{root}: neither raw_train.tsv nor raw_test.tsv (the CTL raw files)")
+    splits, drops, files, paths = {}, [], {}, {}
+    for name in names:
+      data = ctl.read_ctl(root, name)
+      bad = _check_images(root, data.image_paths)
+      if bad:
+        data = ctl.read_ctl(root, name, bad_images=bad)
+      files[name] = str(root / f"raw_{name}.tsv")
+      kept = set(data.item_line.tolist())
+      report = data.drops
+      outfits: dict[str, list] = {}
+      for line, sig, box, label in ctl.read_raw(root / f"raw_{name}.tsv", DropReport()):
+        if line not in kept:
+          continue
+        if any(sig in other for other in splits.values()):
+          report.drop(files[name], line, "image_signature",
+                      f"outfit {sig} is also in an earlier split: an outfit never straddles splits")
+          continue
+        outfits.setdefault(sig, []).append((line, list(box), label))
+      splits[name] = outfits
+      paths.update(data.image_paths)
+      drops += _drops_metadata(report)
+      logging.info("ctl_outfits %s from %s: %d outfits, %d items; %s", name, files[name],
+                   len(outfits), sum(map(len, outfits.values())), report.summary())
+    self.info.metadata.update({
+        "format": "ctl", "raw_files": files,
+        # Per split, in record order: [signature, [[line, [x, y, w, h], label], ...]].
+        "examples": {k: [[s, items] for s, items in v.items()] for k, v in splits.items()},
+        "drops": drops,
+    })
+    return {name: self._generate_examples(list(outfits.items()), paths)
+            for name, outfits in splits.items() if outfits}
+
+  def _generate_examples(self, outfits, paths):
+    for key, (sig, items) in enumerate(outfits):
+      yield key, {
+          "signature": sig, "image": paths[sig],
+          "items": [{"box": box, "bbox": _bbox(box[1], box[0], box[1] + box[3], box[0] + box[2]),
+                     "label": label, "line": line} for line, box, label in items]}
