@@ -100,12 +100,14 @@ def _start():
 
 
 def _run_model_command(name: str):
-  """Joins the cluster, then runs `ctl_jax.train.<name>(config, workdir)`; expected failures
-  end with their message and exit code 1 (no traceback)."""
+  """Joins the cluster, then runs the trainer's command `name` (ctl_jax/trainer/loop.py);
+  expected failures end with their message and exit code 1 (no traceback)."""
   _start()
-  from ctl_jax.trainer import checkpoint
-  from ctl_jax.trainer import nonfinite
-  from ctl_jax.trainer import loop  # after joining: nothing may touch a device before
+  from ctl_jax.trainer import (
+    checkpoint,
+    loop,  # after joining: nothing may touch a device before
+    nonfinite,
+  )
   commands = {"train": loop.train_and_evaluate, "evaluate": loop.evaluate_checkpoint,
               "extract-features": loop.extract_features}
   try:
@@ -132,8 +134,8 @@ def export():
   _need("workdir", "catalogue")
   _hide_gpus_from_tensorflow()
   from ctl_jax.serving import export as export_lib
-  from ctl_jax.serving import scene_predictor
-  config = FLAGS.config or scene_predictor.config_from_meta(scene_predictor.open_checkpoint(FLAGS.workdir)[2])
+  from ctl_jax.serving import restore, savedmodel, scene_predictor
+  config = FLAGS.config or restore.config_from_meta(restore.open_checkpoint(FLAGS.workdir)[2])
   out = FLAGS.out or f"{FLAGS.workdir}/export"
   manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out, FLAGS.dtype)
   if not manifest:  # written by process 0
@@ -141,8 +143,8 @@ def export():
   print(f"exported {manifest['num_products']} products (step {manifest['model_step']}, "
         f"{manifest['embed_dim']}-d {manifest['dtype']}) to {out}")
   if FLAGS.savedmodel:
-    paths = scene_predictor.export_savedmodels(scene_predictor.restore_scene_model(FLAGS.workdir, config),
-                                       f"{out}/savedmodel")
+    paths = savedmodel.export_savedmodels(
+        scene_predictor.restore_scene_predictor(FLAGS.workdir, config), f"{out}/savedmodel")
     print("SavedModels: " + ", ".join(paths.values()))
 
 
@@ -157,13 +159,13 @@ def recommend():
 
 def generate_data():
   _need("out")
-  from input_pipeline.tools import synthetic
+  from input_pipeline.tools import synthetic_ctl, synthetic_stl
   if FLAGS.format in ("stl", "both"):
-    summary = synthetic.write_stl_dataset(FLAGS.out, FLAGS.scenes, FLAGS.seed)
+    summary = synthetic_stl.write_stl_dataset(FLAGS.out, FLAGS.scenes, FLAGS.seed)
     print(f"{FLAGS.out} (STL): {summary['scenes']} scenes, {summary['products']} products, "
           f"{summary['pairs']} pairs; pairs per category {summary['pairs_per_category']}")
   if FLAGS.format in ("ctl", "both"):
-    summary = synthetic.write_ctl_dataset(FLAGS.out, FLAGS.outfits or FLAGS.scenes, FLAGS.seed)
+    summary = synthetic_ctl.write_ctl_dataset(FLAGS.out, FLAGS.outfits or FLAGS.scenes, FLAGS.seed)
     print(f"{FLAGS.out} (CTL): {summary['outfits']} outfits, items {summary['items']}, "
           f"items per outfit {summary['items_per_outfit']}")
 
@@ -171,6 +173,7 @@ def generate_data():
 def inspect_data():
   _need("root")
   import json
+
   from input_pipeline.tools import inspect_data as inspect_lib
   summary = inspect_lib.summarize(FLAGS.format, FLAGS.root)
   print(inspect_lib.format_summary(summary))

@@ -36,16 +36,15 @@ from PIL import Image  # noqa: E402
 tf.config.set_visible_devices([], "GPU")
 
 from configs import default  # noqa: E402
-from input_pipeline.readers import ctl
-from input_pipeline.tools import download
-from tests import image_server  # noqa: E402  (the test suite's scripted image server)
-from input_pipeline.scene import pipeline as scene_pipeline
-from input_pipeline.scene import dataset as scene_data
-from input_pipeline.readers import stl
-from input_pipeline.tools import synthetic
-from input_pipeline.readers import tfds_builders
-from input_pipeline.scene import sampler as scene_sampler
+from input_pipeline import batching  # noqa: E402
+from input_pipeline.image_source import as_rows  # noqa: E402
+from input_pipeline.readers import ctl, stl, tfds_builders  # noqa: E402
 from input_pipeline.readers.drops import DropReport  # noqa: E402
+from input_pipeline.scene import dataset as scene_data  # noqa: E402
+from input_pipeline.scene import pipeline as scene_pipeline  # noqa: E402
+from input_pipeline.scene import sampler as scene_sampler  # noqa: E402
+from input_pipeline.tools import download, synthetic_ctl, synthetic_stl  # noqa: E402
+from tests import image_server  # noqa: E402  (the test suite's scripted image server)
 
 SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -83,7 +82,7 @@ def bench_readers(tmp: pathlib.Path, num_pairs: int) -> dict:
   root.mkdir()
   _published_scale_stl(root, num_pairs)
   ctl_root = tmp / "ctl_gen"
-  synthetic.write_ctl_dataset(ctl_root, num_outfits=2000, seed=0, image_size=8)
+  synthetic_ctl.write_ctl_dataset(ctl_root, num_outfits=2000, seed=0, image_size=8)
   raw = SHARED / "ctl-raw_test.tsv"
   results = {}
   rows = lambda gen: sum(1 for _ in gen)
@@ -109,7 +108,7 @@ def _images_per_second(it, batches: int, per_batch: int) -> float:
 
 def bench_tf_data(tmp: pathlib.Path, num_scenes: int, batches: int, batch: int = 32) -> dict:
   root = tmp / "stl_images"
-  synthetic.write_stl_dataset(root, num_scenes=num_scenes, seed=0)
+  synthetic_stl.write_stl_dataset(root, num_scenes=num_scenes, seed=0)
   tfds_dir = tmp / "tfds"
   builder = tfds_builders.StlFashion(data_dir=str(tfds_dir))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
@@ -126,11 +125,12 @@ def bench_tf_data(tmp: pathlib.Path, num_scenes: int, batches: int, batch: int =
     for name, ds in (("train_files", from_files), ("train_tfds", from_tfds)):
       sampler = scene_sampler.TripletSampler(ds.stl, ds.train, seed=0)
       it = scene_pipeline.train_triplets(sampler, ds.scene_images, ds.product_images,
-                                   global_batch=batch, image_size=224, normalization="caffe")
+                                         global_batch=batch, image_size=224,
+                                         normalization="caffe")
       rate = _images_per_second(it, batches, 3 * batch)  # scene, positive, negative
       out[name] = max(out.get(name, 0.0), round(rate, 1))
-  rows = scene_pipeline.as_rows([from_files.stl.image_paths[p] for p in from_files.stl.products])
-  data = scene_pipeline.eval_images(rows, None, {}, global_batch=batch, image_size=224,
+  rows = as_rows([from_files.stl.image_paths[p] for p in from_files.stl.products])
+  data = batching.eval_images(rows, None, {}, global_batch=batch, image_size=224,
                               normalization="caffe").repeat()
   out["eval_products_files"] = round(_images_per_second(data.as_numpy_iterator(), batches,
                                                         batch), 1)

@@ -100,7 +100,7 @@ def main():
   parser.add_argument("--data", required=True, help="a CTL-format folder")
   parser.add_argument("--out", required=True, help="folder of the runs and tables")
   parser.add_argument("--config", default="demo", choices=sorted(CONFIGS))
-  parser.add_argument("--steps", type=int, default=None, help="override loop.num_steps")
+  parser.add_argument("--steps", type=int, default=None, help="override train.num_steps")
   parser.add_argument("--fractions", default="0.125,0.25,0.5,1",
                       help="training-set fractions of the sweep")
   parser.add_argument("--methods", default=",".join(METHODS))

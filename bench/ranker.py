@@ -78,9 +78,9 @@ def memory_bandwidth(num_bytes: int) -> dict:
 def per_pair_seconds(num_pairs: int) -> float:
   """Seconds per (scene, product) pair when the model is called once per pair."""
   from configs import default
-  from ctl_jax.trainer import state as train_state
+  from ctl_jax.scene import model as scene_model
   config = default.get_config()
-  model = train_state.create_model(config.model, 10)
+  model = scene_model.create_model(config.model, 10)
   rng = np.random.default_rng(0)
   g = 2048  # ResNet-50 global features; the regions below are its conv4_6 map
   heads = model.heads.init(jax.random.PRNGKey(0), jnp.zeros((1, g)), jnp.zeros((1, 14, 14, 1024)),

@@ -68,8 +68,8 @@ def scaling_worker(args) -> dict:
     run = loop.setup(config, workdir)
     state = run.fresh_state()
     step_fn = loop.make_train_step(run, state)
-    batches = loop.train_batches(run, 0, None)
-    to_device = lambda: sharding.to_global(loop.step_inputs(run, next(batches)), run.mesh)
+    batches = run.task.train_batches(run.config, run.data, 0, None)
+    to_device = lambda: sharding.to_global({k: v for k, v in next(batches).items() if k in run.task.step_inputs}, run.mesh)
 
     def timed(get_batch, steps):
       nonlocal state
@@ -125,10 +125,10 @@ def checkpoint_worker(args) -> dict:
     t = time.perf_counter()
     checkpoint.state_checksums(restored)
     out["verify_s"] = time.perf_counter() - t
-    next(loop.train_batches(run, 0, None))  # tf.data's one-off start-up
+    next(run.task.train_batches(run.config, run.data, 0, None))  # tf.data's one-off start-up
     for start, name in ((0, "step_0"), (1_000_000, "step_1M")):
       t = time.perf_counter()
-      next(loop.train_batches(run, start, None))
+      next(run.task.train_batches(run.config, run.data, start, None))
       out[f"first_batch_{name}_s"] = time.perf_counter() - t
   out["resume_extra_s"] = (out["start_resumed_s"] - out["start_fresh_s"]
                            + out["first_batch_step_1M_s"] - out["first_batch_step_0_s"])
@@ -179,9 +179,9 @@ def main():
       print(json.dumps(result), flush=True)
     return
 
-  from input_pipeline.tools import synthetic
+  from input_pipeline.tools import synthetic_stl
   with tempfile.TemporaryDirectory() as data:
-    synthetic.write_stl_dataset(data, num_scenes=args.scenes, seed=0, scene_size=(96, 128),
+    synthetic_stl.write_stl_dataset(data, num_scenes=args.scenes, seed=0, scene_size=(96, 128),
                                 product_size=64, workers=1)
     module = [sys.executable, "-m", "bench.scale_out", f"--data={data}"]
     scaling = [module + ["--worker=scaling", f"--config={args.config}", f"--batch={args.batch}",

@@ -44,18 +44,17 @@ import tensorflow as tf  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")
 
-from ctl_jax.trainer import features
-from ctl_jax.scene import model as scene_model
-from ctl_jax.trainer import sharding
-from ctl_jax.trainer import loop
+from ctl_jax import task as task_lib  # noqa: E402
+from ctl_jax.scene import model as scene_model  # noqa: E402
+from ctl_jax.trainer import features, loop, optimizer, sharding  # noqa: E402
 from ctl_jax.trainer import state as train_state  # noqa: E402
-from input_pipeline.tools import synthetic  # noqa: E402
+from input_pipeline.tools import synthetic_stl  # noqa: E402
 
 STL_PAIRS, STL_SCENES, STL_PRODUCTS = 72_198, 47_739, 38_111  # published STL-Fashion scale
 SEED_CROPS = 16  # the blog's 4 x 4 grid of scene crops
 
 
-class SeedStyleModel(scene_model.CTLModel):
+class SeedStyleModel(scene_model.SceneModel):
   """The blog's model: region features are backbone passes over a 4x4 grid of scene crops."""
 
   def _triplet_features(self, batch, train: bool):
@@ -118,7 +117,7 @@ def measure_matmul(n: int = 2048, repeats: int = 10) -> float:
 
 def measure_backbone(config, batch: int = 16, repeats: int = 3) -> dict:
   """Forward images/s and GFLOP/s of the config's backbone (FLOPs from XLA's cost analysis)."""
-  model = train_state.create_model(config.model, num_categories=1)
+  model = scene_model.create_model(config.model, num_categories=1)
   size = config.input.image_size
   x = jnp.zeros((batch, size, size, 3), jnp.float32)
   variables = jax.jit(lambda x: model.backbone.init(jax.random.PRNGKey(0), x))(x[:1])
@@ -138,10 +137,10 @@ def measure_backbone(config, batch: int = 16, repeats: int = 3) -> dict:
 
 def seed_style(config, steps: int) -> dict:
   """The blog's 19 passes per triplet, on one in-memory batch repeated."""
-  base = train_state.create_model(config.model, num_categories=8)
+  base = scene_model.create_model(config.model, num_categories=8)
   model = SeedStyleModel(backbone=base.backbone, heads=base.heads, freeze_backbone=True)
   mesh = sharding.make_mesh()
-  tx, schedule = train_state.make_optimizer(config.optimizer, config.train.num_steps)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.num_steps)
   size, b = config.input.image_size, config.input.batch_size
   state = train_state.create_train_state(model, tx, jax.random.PRNGKey(0), size, mesh)
   rng = np.random.default_rng(0)
@@ -150,7 +149,7 @@ def seed_style(config, steps: int) -> dict:
                               "positive": image(b), "negative": image(b, 1),
                               "category": np.arange(b, dtype=np.int32) % 8}, mesh)
   run = argparse.Namespace(config=config, model=model, schedule=schedule, mesh=mesh,
-                           task=loop.TASKS["scene"]())
+                           task=task_lib.get_task("scene"))
   step_fn = loop.make_train_step(run, state)
   _, seconds, terms = timed_steps(step_fn, state, iter(lambda: batch, None), steps)
   return {"seconds": seconds, "triplets": terms, "pairs": steps * b}
@@ -162,7 +161,7 @@ def trainer_mode(config, workdir: str, steps: int) -> dict:
   state = run.fresh_state()
   step_fn = loop.make_train_step(run, state)
   cache = run.feature_cache(state)
-  batches = sharding.prefetch_to_device(loop.train_batches(run, 0, cache), run.mesh,
+  batches = sharding.prefetch_to_device(run.task.train_batches(run.config, run.data, 0, cache), run.mesh,
                                         size=config.input.prefetch, keys=run.task.step_inputs)
   device_batches = (device for _, device in batches)
   _, seconds, terms = timed_steps(step_fn, state, device_batches, steps)
@@ -193,7 +192,7 @@ def peak_memory(scenes: list[int], steps: int) -> list[dict]:
   rows = []
   for n in scenes:
     with tempfile.TemporaryDirectory() as root:
-      synthetic.write_stl_dataset(os.path.join(root, "data"), n, seed=0)
+      synthetic_stl.write_stl_dataset(os.path.join(root, "data"), n, seed=0)
       row = {"scenes": n}
       for probe in ("extract", "train"):
         out = subprocess.run(
@@ -207,8 +206,8 @@ def peak_memory(scenes: list[int], steps: int) -> list[dict]:
 def probe(kind: str, root: str, steps: int) -> None:
   """Child process of peak_memory: does one job and prints its peak RSS as JSON."""
   config = load_config("demo", os.path.join(root, "data"), **{
-      "features.shard_size": 512, "loop.num_steps": steps, "loop.log_every_steps": steps,
-      "loop.checkpoint_every_steps": 10 * steps})
+      "features.shard_size": 512, "train.num_steps": steps, "train.log_every_steps": steps,
+      "train.checkpoint_every_steps": 10 * steps})
   workdir = os.path.join(root, "run")
   with contextlib.redirect_stdout(sys.stderr):
     if kind == "extract":
@@ -252,7 +251,7 @@ def main():
   figures = {}
   with tempfile.TemporaryDirectory() as tmp:
     data = os.path.join(tmp, "data")
-    synthetic.write_stl_dataset(data, args.scenes, seed=0, scene_size=(384, 512),
+    synthetic_stl.write_stl_dataset(data, args.scenes, seed=0, scene_size=(384, 512),
                                 product_size=256)
     images = load_config(args.config, data, **{"input.batch_size": args.image_batch})
     cached = load_config(args.config, data, **{

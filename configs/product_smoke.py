@@ -1,6 +1,10 @@
 """Smoke test of the product task: tiny ResNet, 32 px, a few steps; the tests load it.
 
   python run.py train --config configs/product_smoke.py --workdir /tmp/psmoke --config.data.root=DIR
+
+It prints the table of configs/product_demo.py with the model near the untrained baseline (4
+steps): on `generate-data --format ctl --outfits 300 --seed 0` with --config.eval.outfit_size=0,
+model r@10 0.1949 and fitb 0.1935 next to untrained 0.1928 / 0.1774 and random 0.2500 / 0.2500.
 """
 
 from configs import product_demo

@@ -2,7 +2,9 @@
 
   python run.py train --config configs/smoke.py --workdir /tmp/smoke --config.data.root=DIR
 
-The tests load exactly this config.
+It prints the table of configs/demo.py with the model near the untrained baseline (4 steps):
+on the demo data (data/demo), model auc 0.5045 and hr@10 0.5034 (among 20 candidates) next to
+untrained 0.5118 / 0.5259 and popularity 0.6915 / 0.7260. The tests load exactly this config.
 """
 
 from configs import demo

@@ -9,7 +9,13 @@ negatives; valid [M, N] optional mask of real negatives (rows may have fewer tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+# How an evaluation scores a method: scorer(query ids [M], candidate ids [M, N], or [N] shared
+# by every query) -> distances [M, N]. Candidate ids of -1 are padding (any value).
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _closer_and_tied(d_pos, d_neg, valid):

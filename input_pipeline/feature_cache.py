@@ -24,22 +24,21 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from input_pipeline.readers.drops import DataError
 
-KINDS = ("products", "scenes")  # the scene task's kinds; a task names its own in cache_items
 INDEX = "index.json"
 
 
-def scene_crop_key(scene: str, crop) -> str:
+def scene_crop_key(scene: str, crop: Sequence[float]) -> str:
   """Cache key of one scene cropped to a normalised (left, top, right, bottom)."""
   return scene + "@" + ",".join(f"{float(v):.6f}" for v in crop)
 
 
-def fingerprint(*parts) -> str:
+def fingerprint(*parts: Any) -> str:
   """A short stable hash of JSON-serialisable parts and byte strings."""
   h = hashlib.sha256()
   for part in parts:

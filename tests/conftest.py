@@ -24,15 +24,15 @@ def optimized_compilation():
   yield
   jax.config.update("jax_disable_most_optimizations", True)
 
-from input_pipeline.tools import synthetic  # noqa: E402
+from input_pipeline.tools import synthetic_ctl, synthetic_stl  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def stl_root(tmp_path_factory):
   """A small generated STL dataset (400 scenes, small images), shared by the session."""
   root = tmp_path_factory.mktemp("stl")
-  synthetic.write_stl_dataset(root, num_scenes=400, seed=7, scene_size=(72, 96),
-                              product_size=48, workers=1)
+  synthetic_stl.write_stl_dataset(root, num_scenes=400, seed=7, scene_size=(72, 96),
+                                  product_size=48, workers=1)
   return root
 
 
@@ -48,7 +48,7 @@ def smoke_config(stl_root):
 def ctl_root(tmp_path_factory):
   """A small generated CTL dataset (160 outfit collages, small images), shared by the session."""
   root = tmp_path_factory.mktemp("ctl")
-  synthetic.write_ctl_dataset(root, num_outfits=160, seed=5, image_size=96, workers=1)
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=160, seed=5, image_size=96, workers=1)
   return root
 
 

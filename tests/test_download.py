@@ -6,9 +6,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from input_pipeline.tools import download
 import image_server
 from input_pipeline.readers import image_folder
+from input_pipeline.tools import download
 
 
 def _sig(i: int) -> str:

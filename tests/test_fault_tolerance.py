@@ -15,7 +15,8 @@ import tensorflow as tf
 from ctl_jax.trainer import checkpoint
 from ctl_jax.trainer import nonfinite
 from ctl_jax.trainer import run_log
-from ctl_jax.scene import task as scene_task
+from ctl_jax import task as task_lib
+from ctl_jax.scene.task import SceneTask
 from ctl_jax.trainer import loop
 
 
@@ -106,7 +107,7 @@ def test_changed_non_state_settings_resume(smoke_config, tmp_path):
 POISONED_STEP = 3
 
 
-class PoisonedTask(scene_task.SceneTask):
+class PoisonedTask(SceneTask):
   """The scene task whose step 3 yields NaN parameters and loss (as a diverging step would)."""
 
   def train_step(self, config, model, schedule):
@@ -123,13 +124,13 @@ class PoisonedTask(scene_task.SceneTask):
 
 def _step_signatures(run, step):
   """The image signatures of the global batch of `step` (one process: the host batch)."""
-  batch = next(run.task.train_batches(run, step - 1, None))
+  batch = next(run.task.train_batches(run.config, run.data, step - 1, None))
   return run.task.signatures(run.data, {k: batch[k] for k in run.task.id_keys})
 
 
 def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(smoke_config, tmp_path,
                                                             monkeypatch, caplog):
-  monkeypatch.setitem(loop.TASKS, "scene", PoisonedTask)
+  monkeypatch.setitem(task_lib.TASKS, "scene", PoisonedTask)
   smoke_config.train.num_steps = 6
   smoke_config.train.log_every_steps = 2  # the flag is read at step 4, one step after the fault
   smoke_config.train.checkpoint_every_steps = 2
@@ -149,7 +150,7 @@ def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(smoke_config, tmp_p
 
 
 def test_nonfinite_step_skipped_by_config(smoke_config, tmp_path, monkeypatch):
-  monkeypatch.setitem(loop.TASKS, "scene", PoisonedTask)
+  monkeypatch.setitem(task_lib.TASKS, "scene", PoisonedTask)
   smoke_config.train.num_steps = 4
   smoke_config.train.log_every_steps = 1
   smoke_config.train.checkpoint_every_steps = 1

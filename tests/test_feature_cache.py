@@ -25,14 +25,14 @@ def test_cached_features_give_the_image_path_loss(smoke_config, tmp_path):
   run = loop.setup(config, str(tmp_path))
   state = run.fresh_state()
   cache = run.feature_cache(state)
-  images = next(loop.train_batches(run, 5, None))
-  cached = next(loop.train_batches(run, 5, cache))
+  images = next(run.task.train_batches(run.config, run.data, 5, None))
+  cached = next(run.task.train_batches(run.config, run.data, 5, cache))
   for key in ("pair_index", "positive_index", "negative_index", "category"):
     np.testing.assert_array_equal(images[key], cached[key])  # the same triplets
   loss = lambda batch: jax.jit(functools.partial(
       scene_steps.triplet_loss, model=run.model, margin=0.5, reduction="sum"))(
           state.params, state, sharding.to_global(
-              loop.step_inputs(run, batch), run.mesh))[0]
+              {k: v for k, v in batch.items() if k in run.task.step_inputs}, run.mesh))[0]
   image_loss, cached_loss = float(loss(images)), float(loss(cached))
   assert image_loss > 0
   assert cached_loss == pytest.approx(image_loss, rel=2e-3)  # float16 storage

@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctl_jax.nn import losses
+from ctl_jax.scene import losses
 from ctl_jax.trainer import sharding
 from ctl_jax.scene import steps as scene_steps
+from ctl_jax.scene import model as scene_model
 from ctl_jax.trainer import state as train_state
+from ctl_jax.trainer import optimizer
 from input_pipeline.readers import stl
 from input_pipeline.scene import sampler as scene_sampler
 
@@ -44,8 +46,8 @@ def test_in_batch_hinge_by_hand():
 def test_in_batch_loss_equals_triplet_loss_when_only_own_negatives_are_valid(smoke_config):
   """Rows of distinct categories: the in-batch candidates reduce to each row's own negatives,
   scored through the ranking query instead of the hybrid distance: same loss."""
-  model = train_state.create_model(smoke_config.model, num_categories=8)
-  tx, _ = train_state.make_optimizer(smoke_config.optimizer, 10)
+  model = scene_model.create_model(smoke_config.model, num_categories=8)
+  tx, _ = optimizer.make_optimizer(smoke_config.optimizer, 10)
   size = smoke_config.input.image_size
   mesh = sharding.make_mesh()
   state = train_state.create_train_state(model, tx, jax.random.PRNGKey(0), size, mesh)
@@ -62,9 +64,9 @@ def test_in_batch_loss_equals_triplet_loss_when_only_own_negatives_are_valid(smo
   loss = lambda in_batch: jax.jit(functools.partial(
       scene_steps.triplet_loss, model=model, margin=1.5, reduction="sum", in_batch=in_batch))(
           state.params, state, batch)
-  plain, (_, _, _, plain_terms) = loss(False)
-  in_batch, (_, _, _, terms) = loss(True)
-  assert int(terms) == int(plain_terms) == b * n
+  plain, (_, plain_metrics) = loss(False)
+  in_batch, (_, metrics) = loss(True)
+  assert int(metrics["loss_terms"]) == int(plain_metrics["loss_terms"]) == b * n
   assert float(plain) > 0
   np.testing.assert_allclose(in_batch, plain, rtol=1e-5)
 

@@ -9,8 +9,7 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline.readers import image_folder
-from input_pipeline.tools import inspect_data
-from input_pipeline.tools import synthetic
+from input_pipeline.tools import inspect_data, synthetic_ctl
 
 ROOT = Path(__file__).parent.parent
 
@@ -48,7 +47,7 @@ def test_stl_summary_by_hand(tmp_path):
 
 
 def test_cli_writes_ctl_json(tmp_path):
-  synthetic.write_ctl_dataset(tmp_path, num_outfits=20, seed=1, image_size=48, workers=1)
+  synthetic_ctl.write_ctl_dataset(tmp_path, num_outfits=20, seed=1, image_size=48, workers=1)
   raw = tmp_path / "raw_train.tsv"
   raw.write_text(raw.read_text() + "not\ta\trow\n")
   out = tmp_path / "summary.json"

@@ -7,14 +7,14 @@ import pytest
 
 from configs import demo
 from ctl_jax.trainer import loop
-from input_pipeline.tools import synthetic
+from input_pipeline.tools import synthetic_ctl, synthetic_stl
 
 
 @pytest.mark.slow
 def test_demo_config_beats_popularity_and_untrained_on_held_out_scenes(
     tmp_path, optimized_compilation):
   root = tmp_path / "data"
-  synthetic.write_stl_dataset(root, num_scenes=2000, seed=1)  # not the README's seed
+  synthetic_stl.write_stl_dataset(root, num_scenes=2000, seed=1)  # not the README's seed
   config = demo.get_config()
   config.data.root = str(root)
   config.train.num_steps = 800
@@ -37,7 +37,7 @@ def test_product_demo_config_beats_popularity_and_untrained_on_held_out_outfits(
     tmp_path, optimized_compilation):
   from configs import product_demo
   root = tmp_path / "ctl"
-  synthetic.write_ctl_dataset(root, num_outfits=1200, seed=1, image_size=128)  # not the README's
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=1200, seed=1, image_size=128)  # not the README's
   config = product_demo.get_config()
   config.data.root = str(root)
   config.train.num_steps = 600

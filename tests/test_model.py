@@ -10,7 +10,9 @@ import pytest
 from ctl_jax.nn import backbones
 from ctl_jax.trainer import sharding
 from ctl_jax.scene import steps as scene_steps
+from ctl_jax.scene import model as scene_model
 from ctl_jax.trainer import state as train_state
+from ctl_jax.trainer import optimizer
 
 
 def test_resnet50_outputs_and_parameter_count_match_keras():
@@ -32,7 +34,7 @@ def _count_convs(fn, *args):
 
 
 def test_one_backbone_pass_gives_global_and_regions(smoke_config):
-  model = train_state.create_model(smoke_config.model, num_categories=3)
+  model = scene_model.create_model(smoke_config.model, num_categories=3)
   size = smoke_config.input.image_size
   batch = {"scene": jnp.zeros((2, size, size, 3)), "positive": jnp.zeros((2, size, size, 3)),
            "negative": jnp.zeros((2, 2, size, size, 3)), "category": jnp.zeros((2,), jnp.int32)}
@@ -50,8 +52,8 @@ def test_frozen_backbone_has_no_gradients_or_optimizer_state(smoke_config, freez
   smoke_config.optimizer.schedule = "constant"
   smoke_config.optimizer.warmup_steps = 0  # the first step must move the parameters
   mesh = sharding.make_mesh()
-  model = train_state.create_model(smoke_config.model, num_categories=4)
-  tx, schedule = train_state.make_optimizer(smoke_config.optimizer, 10)
+  model = scene_model.create_model(smoke_config.model, num_categories=4)
+  tx, schedule = optimizer.make_optimizer(smoke_config.optimizer, 10)
   size = smoke_config.input.image_size
   state = train_state.create_train_state(model, tx, jax.random.PRNGKey(0), size, mesh)
   assert ("backbone" in state.params) != freeze
@@ -90,11 +92,11 @@ def test_bfloat16_compute_keeps_float32_parameters_and_the_float32_loss(smoke_co
        "positive": rng.normal(size=(8, size, size, 3)).astype(np.float32),
        "negative": rng.normal(size=(8, 1, size, size, 3)).astype(np.float32),
        "category": np.arange(8, dtype=np.int32) % 4}, mesh)
-  tx, _ = train_state.make_optimizer(smoke_config.optimizer, 10)
+  tx, _ = optimizer.make_optimizer(smoke_config.optimizer, 10)
   losses = {}
   for dtype in ("float32", "bfloat16"):
     smoke_config.model.dtype = dtype
-    model = train_state.create_model(smoke_config.model, num_categories=4)
+    model = scene_model.create_model(smoke_config.model, num_categories=4)
     state = train_state.create_train_state(model, tx, jax.random.PRNGKey(0), size, mesh)
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     jaxpr = str(jax.make_jaxpr(lambda x: model.apply(state.variables(), x,

@@ -23,7 +23,7 @@ TIMEOUT = 900  # seconds; generous: several engineers share 2 cores
 
 
 def _command(smoke_config, workdir, **overrides):
-  fields = {"data.root": smoke_config.data.root, "loop.log_every_steps": 1, **overrides}
+  fields = {"data.root": smoke_config.data.root, "train.log_every_steps": 1, **overrides}
   return ([sys.executable, os.path.join(ROOT, "run.py"), "train", "--config",
            os.path.join(ROOT, "configs", "smoke.py"), f"--workdir={workdir}"]
           + [f"--config.{k}={v}" for k, v in fields.items()])
@@ -74,7 +74,7 @@ def test_two_processes_match_one_process(smoke_config, tmp_path):
   multi = tmp_path / "multi"
   port = _free_port()
   processes = [subprocess.Popen(
-      _command(smoke_config, multi, **{"loop.num_steps": 4, "eval.baselines": False})
+      _command(smoke_config, multi, **{"train.num_steps": 4, "eval.baselines": False})
       + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
       for i in range(2)]
@@ -129,7 +129,7 @@ def uninterrupted_params(tmp_path_factory, stl_root):
 def test_signal_saves_and_exits_0_then_resumes_exactly(smoke_config, tmp_path, sig,
                                                        uninterrupted_params):
   smoke_config.train.num_steps = NUM_STEPS
-  process = subprocess.Popen(_command(smoke_config, tmp_path, **{"loop.num_steps": NUM_STEPS}),
+  process = subprocess.Popen(_command(smoke_config, tmp_path, **{"train.num_steps": NUM_STEPS}),
                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, cwd=ROOT)
   _wait_for_step(process, tmp_path, 3)
@@ -150,7 +150,7 @@ def test_signal_saves_and_exits_0_then_resumes_exactly(smoke_config, tmp_path, s
 
 def test_kill_9_then_rerun_resumes_exactly(smoke_config, tmp_path, uninterrupted_params):
   smoke_config.train.num_steps = NUM_STEPS
-  command = _command(smoke_config, tmp_path, **{"loop.num_steps": NUM_STEPS})
+  command = _command(smoke_config, tmp_path, **{"train.num_steps": NUM_STEPS})
   process = subprocess.Popen(command, env=_env(4), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
   ckpt = checkpoint.Checkpointer(tmp_path, save_every_steps=2, max_to_keep=3)

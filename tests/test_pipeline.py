@@ -1,14 +1,14 @@
-"""tf.data pipeline: determinism, host sharding, resume position, negatives, crop and normalisation."""
+"""tf.data pipelines: determinism, host sharding, resumption, negatives, crop and normalisation."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from input_pipeline.scene import pipeline as scene_pipeline
-from input_pipeline import preprocess
-from input_pipeline.scene import crop as scene_crop
+from input_pipeline import batching, preprocess
 from input_pipeline.readers import stl
+from input_pipeline.scene import crop as scene_crop
+from input_pipeline.scene import pipeline as scene_pipeline
 from input_pipeline.scene import sampler as scene_sampler
 
 
@@ -42,9 +42,9 @@ def test_epochs_are_deterministic_and_differ(sampler):
 
 
 def test_hosts_read_disjoint_blocks_of_the_same_global_batches(sampler):
-  single = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 0, 1), 5)
-  host0 = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 0, 2), 5)
-  host1 = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 1, 2), 5)
+  single = _take(batching.epoch_batches(sampler, 8, 0, 0, 1), 5)
+  host0 = _take(batching.epoch_batches(sampler, 8, 0, 0, 2), 5)
+  host1 = _take(batching.epoch_batches(sampler, 8, 0, 1, 2), 5)
   for s, h0, h1 in zip(single, host0, host1):
     for k in s:
       np.testing.assert_array_equal(s[k], np.concatenate([h0[k], h1[k]]))
@@ -52,16 +52,16 @@ def test_hosts_read_disjoint_blocks_of_the_same_global_batches(sampler):
 
 def test_resume_starts_at_the_exact_batch_across_epochs(sampler):
   steps_per_epoch = len(sampler) // 8
-  fresh = _take(scene_pipeline.triplet_index_batches(sampler, 8, 0, 0, 1), steps_per_epoch + 3)
+  fresh = _take(batching.epoch_batches(sampler, 8, 0, 0, 1), steps_per_epoch + 3)
   start = steps_per_epoch - 1  # the last batch of epoch 0, then into epoch 1
-  resumed = _take(scene_pipeline.triplet_index_batches(sampler, 8, start, 0, 1), 4)
+  resumed = _take(batching.epoch_batches(sampler, 8, start, 0, 1), 4)
   for a, b in zip(fresh[start:], resumed):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_padded_eval_rows_cover_everything_once():
-  rows = [scene_pipeline.padded_host_rows(21, 8, p, 2) for p in range(2)]
+  rows = [batching.padded_host_rows(21, 8, p, 2) for p in range(2)]
   assert all(len(ids) == 12 for ids, _ in rows)  # 3 global batches of 8, 4 rows per host each
   real = np.concatenate([ids[mask] for ids, mask in rows])
   assert sorted(real) == list(range(21))
@@ -71,7 +71,8 @@ def test_train_batches_are_deterministic_and_shaped(sampler, stl_root):
   data = sampler._data
   paths = lambda sigs: [data.image_paths[s] for s in sigs]
   make = lambda: scene_pipeline.train_triplets(sampler, paths(data.scenes), paths(data.products),
-                                         global_batch=4, image_size=24, normalization="imagenet")
+                                               global_batch=4, image_size=24,
+                                               normalization="imagenet")
   a, b = _take(make(), 2), _take(make(), 2)
   for x, y in zip(a, b):
     for k in x:
@@ -88,9 +89,15 @@ def test_fused_jpeg_crop_equals_decode_then_slice(stl_root):
     raw = tf.io.read_file(data.image_paths[data.scenes[data.pair_scene[i]]])
     fused = preprocess.decode_and_crop(raw, tf.constant(crop)).numpy()
     full = tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE").numpy()
-    y, x, h, w = scene_crop.pixel_window(crop, *full.shape[:2])
+    y, x, h, w = preprocess.crop_window(tf.constant(crop), *full.shape[:2]).numpy()
     assert fused.shape == (h, w, 3)
     assert np.abs(fused.astype(int) - full[y:y + h, x:x + w].astype(int)).mean() < 2.0
+
+
+def test_crop_window_rounds_outward_and_is_never_empty():
+  window = lambda crop, h, w: tuple(preprocess.crop_window(tf.constant(crop), h, w).numpy())
+  assert window([0.25, 0.0, 1.0, 0.51], 100, 40) == (0, 10, 51, 30)
+  assert window([1.0, 1.0, 1.0, 1.0], 10, 10) == (9, 9, 1, 1)
 
 
 def test_png_greyscale_and_rgba_decode_to_rgb(tmp_path):

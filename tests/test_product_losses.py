@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from ctl_jax.nn import losses
+from ctl_jax.product import losses
 from ctl_jax.product import steps as product_steps
-from input_pipeline.readers import ctl
 from input_pipeline.product import dataset as product_data
+from input_pipeline.product import sampler as product_sampler
+from input_pipeline.readers import ctl
 from input_pipeline.readers.drops import DropReport
 
 
@@ -107,8 +108,8 @@ def dataset(train: ctl.CtlData, kept=None, file_triplets=None) -> product_data.P
 def test_sampler_follows_the_papers_rules(rule):
   train = random_ctl(60, 6, seed=0)
   kept = np.arange(0, 60, 2, dtype=np.int32)  # a training subset: half the outfits
-  sampler = product_data.ProductTripletSampler(dataset(train, kept), seed=3, negatives=rule,
-                                               num_negatives=16, num_proxies=5)
+  sampler = product_sampler.ProductTripletSampler(dataset(train, kept), seed=3, negatives=rule,
+                                                  num_negatives=16, num_proxies=5)
   epoch = sampler.epoch(0)
   a, p, n = epoch["anchor_index"], epoch["positive_index"], epoch["negative_index"]
   outfit, cat = train.item_outfit, train.item_category
@@ -122,7 +123,7 @@ def test_sampler_follows_the_papers_rules(rule):
     assert np.mean(cat[n] != cat[p][:, None]) > 0.5  # any category
   assert np.array_equal(epoch["negative_category"], cat[n])
   # Every (anchor, positive) of the kept outfits once per epoch, and nothing else.
-  expected = product_data.outfit_pairs(train, kept)
+  expected = product_sampler.outfit_pairs(train, kept)
   got = np.stack([a, p], axis=1)
   usable = sampler.pairs
   assert sorted(map(tuple, got)) == sorted(map(tuple, usable))
@@ -133,8 +134,8 @@ def test_sampler_follows_the_papers_rules(rule):
   assert np.all(proxies[:, 0] == outfit[a]) and np.all(proxies[:, 1:] != outfit[a][:, None])
   assert np.all(np.isin(proxies, kept))
   # Epochs depend on (seed, epoch) only.
-  again = product_data.ProductTripletSampler(dataset(train, kept), seed=3, negatives=rule,
-                                             num_negatives=16, num_proxies=5).epoch(0)
+  again = product_sampler.ProductTripletSampler(dataset(train, kept), seed=3, negatives=rule,
+                                                num_negatives=16, num_proxies=5).epoch(0)
   assert all(np.array_equal(epoch[k], again[k]) for k in epoch)
   assert not np.array_equal(sampler.epoch(1)["anchor_index"], a)
 
@@ -142,9 +143,9 @@ def test_sampler_follows_the_papers_rules(rule):
 def test_sampler_skips_pairs_whose_category_lives_in_their_outfit_only():
   train = random_ctl(30, 5, seed=1)
   rare = len(train.categories) - 1
-  sampler = product_data.ProductTripletSampler(dataset(train), seed=0)
+  sampler = product_sampler.ProductTripletSampler(dataset(train), seed=0)
   # The rare category's single item: no other outfit has a negative for it as a positive.
-  rare_positive = np.sum(train.item_category[product_data.outfit_pairs(
+  rare_positive = np.sum(train.item_category[product_sampler.outfit_pairs(
       train, np.arange(30))[:, 1]] == rare)
   assert rare_positive > 0 and sampler.num_unusable == rare_positive
   assert not np.any(train.item_category[sampler.pairs[:, 1]] == rare)

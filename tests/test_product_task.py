@@ -56,7 +56,7 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
   np.testing.assert_allclose(from_cache["style"], from_images["style"], atol=2e-2)
 
   # The serving API: same embeddings as evaluation, categories and their complements.
-  predictor = product_predictor.ProductPredictor(config, workdir)
+  predictor = product_predictor.restore_product_predictor(workdir, config)
   test = run.data.test
   items = np.arange(5)
   images = predictor.load_items([product_data.paths_of(test)[i] for i in items],

@@ -38,15 +38,15 @@ def exported(stl_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scene_model(exported):
-  return scene_predictor.restore_scene_model(exported[1])
+def predictor(exported):
+  return scene_predictor.restore_scene_predictor(exported[1])
 
 
 def _scene_image(data):
   return data.scene_paths[0]
 
 
-def test_export_is_readable_without_our_code(exported, scene_model):
+def test_export_is_readable_without_our_code(exported, predictor):
   config, workdir, manifest, data = exported
   root = f"{workdir}/export"
   assert manifest["model_step"] == 3 and manifest["embed_dim"] == config.model.embed_dim
@@ -61,7 +61,7 @@ def test_export_is_readable_without_our_code(exported, scene_model):
     assert rows.shape == (entry["count"], config.model.embed_dim) and rows.dtype == np.float32
     assert sum(c == name for c in table["category"]) == entry["count"]
   # The rows are the model's product embeddings, in the order the table says.
-  scene = scene_model
+  scene = predictor
   name = data.categories[0]
   member = [i for i, c in enumerate(table["category"]) if c == name][:3]
   images = np.stack([recommend.load_model_input(table["image"][i], config) for i in member])
@@ -71,13 +71,13 @@ def test_export_is_readable_without_our_code(exported, scene_model):
   np.testing.assert_allclose(rows[[table["row"][i] for i in member]], expected, atol=1e-5)
 
 
-def test_recommend_equals_brute_force_hybrid_distances(exported, scene_model, tmp_path, capsys):
+def test_recommend_equals_brute_force_hybrid_distances(exported, predictor, tmp_path, capsys):
   config, workdir, manifest, data = exported
   cat_name = max(manifest["categories"], key=lambda c: manifest["categories"][c]["count"])
   out = recommend.recommend(workdir, scene=_scene_image(data), categories=[cat_name], k=6,
-                            out=str(tmp_path / "report"), scene_model=scene_model)
+                            out=str(tmp_path / "report"), predictor=predictor)
   # Brute force: the model's hybrid distance to every product of the category.
-  scene = scene_model
+  scene = predictor
   image = recommend.load_model_input(_scene_image(data), config)
   parts = jax.jit(functools.partial(scene.model.apply, method=scene_predictor.scene_parts))
   f_s, f_i, attn = parts(scene.state.variables(), image[None],
@@ -98,19 +98,19 @@ def test_recommend_equals_brute_force_hybrid_distances(exported, scene_model, tm
   assert Image.open(out["contact_sheet"]).size[0] > 0
 
 
-def test_recommend_every_category_blends_with_quota(exported, scene_model):
+def test_recommend_every_category_blends_with_quota(exported, predictor):
   _, workdir, manifest, data = exported
   cat = catalogue.Catalogue(f"{workdir}/export")
-  items, attention = recommend.scene_flow(scene_model, cat, _scene_image(data), None, 7, quota=1)
+  items, attention = recommend.scene_flow(predictor, cat, _scene_image(data), None, 7, quota=1)
   assert len(items) == 7 and len({it.category for it in items}) == 7  # quota 1: all different
   assert set(attention) == {c for c, e in manifest["categories"].items() if e["count"]}
 
 
-def test_bad_input_gives_clear_errors(exported, scene_model, tmp_path):
+def test_bad_input_gives_clear_errors(exported, predictor, tmp_path):
   config, workdir, manifest, data = exported
   cat = catalogue.Catalogue(f"{workdir}/export")
   flow = lambda image=_scene_image(data), cats=None, k=10, c=cat: recommend.scene_flow(
-      scene_model, c, image, cats, k)
+      predictor, c, image, cats, k)
   bad = tmp_path / "bad.jpg"
   bad.write_bytes(b"not an image")
   with pytest.raises(ValueError, match=f"cannot read image {re.escape(str(bad))}"):

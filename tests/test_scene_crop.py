@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from input_pipeline.readers import stl
 from input_pipeline.scene import crop as scene_crop
 from input_pipeline.scene import sampler as scene_sampler
 
@@ -31,19 +32,14 @@ def test_crop_never_overlaps_the_product():
   assert np.all((overlap_w <= 1e-6) | (overlap_h <= 1e-6))
 
 
-def test_pixel_window_rounds_outward_and_is_never_empty():
-  assert scene_crop.pixel_window(np.array([0.25, 0.0, 1.0, 0.51]), 100, 40) == (0, 10, 51, 30)
-  assert scene_crop.pixel_window(np.array([1.0, 1.0, 1.0, 1.0]), 10, 10) == (9, 9, 1, 1)
-
-
 @pytest.mark.parametrize("min_fraction", [0.0, 0.5, 0.9])
 def test_split_drops_small_crops(stl_root, min_fraction):
-  from input_pipeline.readers import stl
   data = stl.read_stl(stl_root)
   train = scene_sampler.split_pairs(data, "train", 0.2, min_fraction)
   test = scene_sampler.split_pairs(data, "test", 0.2, min_fraction)
   _, fractions = scene_crop.complement_crops(data.pair_box)
-  assert len(train.pairs) + len(test.pairs) + train.num_too_small + test.num_too_small == len(data)
+  assert (len(train.pairs) + len(test.pairs) + train.num_too_small + test.num_too_small
+          == len(data))
   assert np.all(fractions[train.pairs] >= min_fraction)
   assert np.all(fractions[test.pairs] >= min_fraction)
   # Scenes never straddle the split.

@@ -7,7 +7,9 @@ import numpy as np
 
 from ctl_jax.trainer import sharding
 from ctl_jax.scene import steps as scene_steps
+from ctl_jax.scene import model as scene_model
 from ctl_jax.trainer import state as train_state
+from ctl_jax.trainer import optimizer
 
 
 def test_four_devices_match_one_device(smoke_config):
@@ -18,8 +20,8 @@ def test_four_devices_match_one_device(smoke_config):
   smoke_config.optimizer.name = "sgd"
   smoke_config.optimizer.schedule = "constant"
   smoke_config.optimizer.warmup_steps = 0
-  model = train_state.create_model(smoke_config.model, num_categories=5)
-  tx, schedule = train_state.make_optimizer(smoke_config.optimizer, 10)
+  model = scene_model.create_model(smoke_config.model, num_categories=5)
+  tx, schedule = optimizer.make_optimizer(smoke_config.optimizer, 10)
   size = smoke_config.input.image_size
   rng = np.random.default_rng(0)
   batch = {"scene": rng.normal(size=(8, size, size, 3)).astype(np.float32),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from input_pipeline.readers import stl
-from input_pipeline.readers.drops import DataError
+from input_pipeline.readers.drops import DataError, DropReport
 
 DATA = pathlib.Path(__file__).parent / "data"  # real files of the public releases
 
@@ -40,7 +40,7 @@ def test_published_category_map_and_sample_row(tmp_path):
   data = stl.read_stl(tmp_path, check_images=False)
   assert len(data) == 1
   np.testing.assert_allclose(data.pair_box[0], [0.434097, 0.859363, 0.560254, 1.0], rtol=1e-6)
-  report = stl.DropReport()
+  report = DropReport()
   assert len(stl.read_category_map(tmp_path / "fashion-cat.json", report)) == 38111
 
 

@@ -5,21 +5,23 @@ import filecmp
 import json
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from ctl_jax import metrics
-from input_pipeline.scene import crop as scene_crop
+from input_pipeline import preprocess
 from input_pipeline.readers import stl
-from input_pipeline.tools import synthetic
+from input_pipeline.scene import crop as scene_crop
+from input_pipeline.tools import synthetic_stl
 
 
 def test_deterministic_by_seed(tmp_path):
-  a = synthetic.write_stl_dataset(tmp_path / "a", 30, seed=3, scene_size=(48, 64),
-                                  product_size=32, workers=2)
-  b = synthetic.write_stl_dataset(tmp_path / "b", 30, seed=3, scene_size=(48, 64),
-                                  product_size=32, workers=1)
-  c = synthetic.write_stl_dataset(tmp_path / "c", 30, seed=4, scene_size=(48, 64),
-                                  product_size=32, workers=1)
+  a = synthetic_stl.write_stl_dataset(tmp_path / "a", 30, seed=3, scene_size=(48, 64),
+                                      product_size=32, workers=2)
+  b = synthetic_stl.write_stl_dataset(tmp_path / "b", 30, seed=3, scene_size=(48, 64),
+                                      product_size=32, workers=1)
+  c = synthetic_stl.write_stl_dataset(tmp_path / "c", 30, seed=4, scene_size=(48, 64),
+                                      product_size=32, workers=1)
   assert a == b and a != c
   for name in ("fashion.json", "fashion-cat.json"):
     assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False)
@@ -45,7 +47,7 @@ def test_format_and_realistic_statistics(stl_root):
 def _mean_colour(path, crop=None):
   image = np.asarray(Image.open(path).convert("RGB"), np.float32)
   if crop is not None:
-    y, x, h, w = scene_crop.pixel_window(crop, *image.shape[:2])
+    y, x, h, w = preprocess.crop_window(tf.constant(crop), *image.shape[:2]).numpy()
     image = image[y:y + h, x:x + w]
   # Colour of the non-background pixels: far from the light catalogue backdrop.
   mask = image.min(-1) < 215 if crop is None else np.ones(image.shape[:2], bool)

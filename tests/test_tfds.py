@@ -9,17 +9,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import smoke
-from ctl_jax.trainer import loop
-from input_pipeline.readers import ctl
-from input_pipeline.readers import image_check
-from input_pipeline.scene import pipeline as scene_pipeline
-from input_pipeline.scene import dataset as scene_data
-from input_pipeline.readers import stl
-from input_pipeline.tools import synthetic
-from input_pipeline.readers import tfds_builders
-from input_pipeline.readers import tfds_source
-from input_pipeline.scene import sampler as scene_sampler
+from ctl_jax.trainer import run_log
+from input_pipeline.readers import ctl, image_check, stl, tfds_builders, tfds_source
 from input_pipeline.readers.drops import DataError
+from input_pipeline.scene import dataset as scene_data
+from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline.scene import sampler as scene_sampler
+from input_pipeline.splits import is_test_signature
+from input_pipeline.tools import synthetic_ctl, synthetic_stl
 
 
 def _build(builder_cls, manual_dir, data_dir):
@@ -33,8 +30,8 @@ def _build(builder_cls, manual_dir, data_dir):
 def small_stl(tmp_path_factory):
   """A small STL folder with broken images: truncated, garbage, plus CMYK/grey/RGBA that work."""
   root = tmp_path_factory.mktemp("stl_bad")
-  synthetic.write_stl_dataset(root, num_scenes=40, seed=5, scene_size=(64, 80),
-                              product_size=40, workers=1)
+  synthetic_stl.write_stl_dataset(root, num_scenes=40, seed=5, scene_size=(64, 80),
+                                  product_size=40, workers=1)
   data = stl.read_stl(root)
   scenes, products = data.scenes, data.products
   path = lambda sig: data.image_paths[sig]
@@ -70,8 +67,8 @@ def test_lenient_drops_pairs_of_broken_images_strict_names_them(small_stl, tmp_p
   assert len(ds.stl) == len(folder) - hit > 0
   assert sum("unusable image" in d.reason for d in ds.drops.drops) == hit
   assert not broken & (set(ds.stl.scenes) | set(ds.stl.products))
-  loop.write_drop_report(ds, str(tmp_path))  # what the trainer leaves in its workdir
-  written = [json.loads(l) for l in (tmp_path / loop.DROPS_FILE).read_text().splitlines()]
+  run_log.write_drop_report(ds.drops, str(tmp_path))  # what the trainer leaves in its workdir
+  written = [json.loads(l) for l in (tmp_path / run_log.DROPS_FILE).read_text().splitlines()]
   assert [(d["line"], d["reason"]) for d in written] == [(d.line, d.reason)
                                                          for d in ds.drops.drops]
   config.data.strict = True
@@ -98,7 +95,7 @@ def test_stl_fashion_equals_the_folder_reader(small_stl, tmp_path):
     source = builder.as_data_source(split=split)  # ArrayRecord: random access, not as_dataset
     split_scenes[split] = {ex["scene"]["signature"].decode() for ex in source}
   assert not split_scenes["train"] & split_scenes["test"]
-  assert split_scenes["test"] == {s for s in data.scenes if scene_sampler.is_test_signature(s, 0.1)}
+  assert split_scenes["test"] == {s for s in data.scenes if is_test_signature(s, 0.1)}
   assert split_scenes["train"] | split_scenes["test"] == set(data.scenes)
 
 
@@ -116,8 +113,8 @@ def test_trainer_reads_tfds_or_folder_by_config_with_identical_batches(small_stl
   batches = []
   for ds in (from_folder, from_tfds):
     sampler = scene_sampler.TripletSampler(ds.stl, ds.train, seed=0)
-    it = scene_pipeline.train_triplets(sampler, ds.scene_images, ds.product_images, global_batch=8,
-                                 image_size=32, normalization="imagenet")
+    it = scene_pipeline.train_triplets(sampler, ds.scene_images, ds.product_images,
+                                       global_batch=8, image_size=32, normalization="imagenet")
     batches.append(next(it))
   for key in ("scene", "positive", "negative", "category"):
     np.testing.assert_array_equal(batches[0][key], batches[1][key])
@@ -128,10 +125,10 @@ def test_trainer_reads_tfds_or_folder_by_config_with_identical_batches(small_stl
 
 def test_ctl_outfits_keeps_published_splits_and_drops_broken_collages(tmp_path):
   root = tmp_path / "ctl"
-  synthetic.write_ctl_dataset(root, num_outfits=24, seed=2, image_size=48, workers=1)
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=24, seed=2, image_size=48, workers=1)
   train = ctl.read_ctl(root, "train")
-  broken = loop.outfits[3]
-  open(loop.image_paths[broken], "wb").write(b"\xff\xd8\xff garbage")
+  broken = train.outfits[3]
+  open(train.image_paths[broken], "wb").write(b"\xff\xd8\xff garbage")
   _build(tfds_builders.CtlOutfits, root, tmp_path / "tfds")
   for split in ("train", "test"):
     data, images = tfds_source.load_ctl("ctl_outfits", str(tmp_path / "tfds"), split)
@@ -142,9 +139,9 @@ def test_ctl_outfits_keeps_published_splits_and_drops_broken_collages(tmp_path):
     assert [d.line for d in data.drops.drops] == [d.line for d in folder.drops.drops]
     for i, sig in enumerate(data.outfits):
       assert images.bytes_of(i) == open(folder.image_paths[sig], "rb").read()
-  assert broken not in data.outfits and broken in loop.outfits
+  assert broken not in data.outfits and broken in train.outfits
   dropped = tfds_source.load_ctl("ctl_outfits", str(tmp_path / "tfds"), "train")[0].drops
   assert sum(broken in d.reason for d in dropped.drops) == int(np.sum(
-      loop.item_outfit == loop.outfits.index(broken)))
+      train.item_outfit == train.outfits.index(broken)))
   image = tf.io.decode_image(images.read(tf.constant(0)), channels=3)
   assert image.shape[-1] == 3

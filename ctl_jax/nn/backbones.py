@@ -9,9 +9,11 @@ ResNet-50: `global` [B, 2048] (average-pooled stage 5) and `regions` [B, 14, 14,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 BN_EPSILON = 1.001e-5  # keras.applications.resnet
@@ -94,3 +96,27 @@ def resnet_tiny(dtype=jnp.float32) -> ResNet:
 
 
 BACKBONES = {"resnet50": resnet50, "resnet_small": resnet_small, "resnet_tiny": resnet_tiny}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_backbone(name: str, dtype: str) -> ResNet:
+  """The backbone `model.backbone` computing in `model.dtype` (parameters stay float32)."""
+  if name not in BACKBONES:
+    raise ValueError(f"model.backbone={name!r}; choose from {list(BACKBONES)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"model.dtype={dtype!r}; choose from {list(DTYPES)}")
+  return BACKBONES[name](DTYPES[dtype])
+
+
+def backbone_features(backbone: nn.Module, images: jax.Array, *, train: bool,
+                      frozen: bool) -> dict[str, jax.Array]:
+  """{'global': [B, G], 'regions': [B, h, w, C]} of `images` from one backbone pass.
+
+  A frozen backbone (the papers' setting) runs in inference mode (BatchNorm running statistics)
+  and passes no gradient back; the train state keeps its parameters out of the optimizer (see
+  `trainer.state.split_params`).
+  """
+  out = backbone(images, train=train and not frozen)
+  if frozen:
+    out = jax.tree.map(jax.lax.stop_gradient, out)
+  return out

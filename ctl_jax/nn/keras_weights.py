@@ -7,18 +7,22 @@ fetched). Its layout: the root attribute `layer_names`, then one group per layer
 non-trainable (`moving_mean`, `moving_variance`), named `<layer>/<weight>:0` (Keras 2) or
 `<layer>/<weight>` (Keras 3's legacy writer). A full saved model (`model_weights` group) works too.
 
-The Flax backbone (`backbones.ResNet`) uses Keras's layer names, so the mapping is by name:
+The Flax backbone (`nn/backbones.ResNet`) uses Keras's layer names, so the mapping is by name:
 `conv4_block6_2_conv` -> params['conv4_block6']['2_conv'], `conv1_bn` -> params['conv1_bn'] and
 batch_stats['conv1_bn']. Inputs must be preprocessed as Keras does (`input.normalization='caffe'`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
+import flax.linen as nn
 import h5py
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 # Keras weight name -> (Flax collection, Flax leaf name).
@@ -102,3 +106,28 @@ def keras_to_flax(layers: dict[str, dict[str, np.ndarray]], template: dict) -> d
 def load_keras_resnet(path: str | os.PathLike, template: dict) -> dict:
   """Backbone variables from a Keras ResNet HDF5 file, checked against `template`."""
   return keras_to_flax(read_keras_h5(path), template)
+
+
+def initial_backbone_variables(model_config: ml_collections.ConfigDict,
+                               input_config: ml_collections.ConfigDict,
+                               model: nn.Module) -> dict | None:
+  """Backbone variables from the Keras file `model.backbone_weights`, or None (random init).
+
+  Returns {'params': {'backbone': ...}, 'batch_stats': {'backbone': ...}}, the shape the train
+  state starts from (see `trainer.state.create_train_state`).
+  """
+  path = model_config.backbone_weights
+  if not path:
+    return None
+  if model_config.backbone != "resnet50":
+    raise ValueError(f"model.backbone_weights is a Keras ResNet-50 file; model.backbone is "
+                     f"{model_config.backbone!r}")
+  if input_config.normalization != "caffe":
+    raise ValueError("Keras ImageNet weights expect input.normalization='caffe' (BGR, mean "
+                     f"subtracted), not {input_config.normalization!r}")
+  template = jax.eval_shape(
+      lambda: model.backbone.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+  variables = load_keras_resnet(path, dict(template))
+  logging.info("backbone weights from %s", path)
+  return {"params": {"backbone": variables["params"]},
+          "batch_stats": {"backbone": variables["batch_stats"]}}

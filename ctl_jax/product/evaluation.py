@@ -15,21 +15,21 @@ Ties count in expectation, so a method that scores everything equal gets the exa
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
-from typing import Callable
 
 import jax
+import ml_collections
 import numpy as np
 
 from ctl_jax import metrics
+from ctl_jax.metrics import Scorer
 from ctl_jax.product import steps as product_steps
-from ctl_jax.trainer import sharding
-from input_pipeline.readers import ctl
-from input_pipeline.scene import pipeline as scene_pipeline
-from input_pipeline.product import dataset as product_data
-from input_pipeline.readers.drops import DropReport
+from ctl_jax.product.model import ProductModel
+from ctl_jax.trainer import inference
 from input_pipeline.feature_cache import FeatureCache
+from input_pipeline.product import dataset as product_data
+from input_pipeline.readers import ctl
+from input_pipeline.readers.drops import DropReport
 
 FITB_FILE = "fitb_eval.json"
 NUM_FITB_CHOICES = 4
@@ -188,10 +188,6 @@ def fitb_questions(root: str, test: ctl.CtlData, config) -> Fitb:
   return sample_fitb(test, config.eval.outfit_size, config.eval.seed)
 
 
-# A scorer maps (query items [M], candidate items [M, N]) to distances [M, N] (-1 = padding).
-Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
 def embedding_scorer(style: np.ndarray) -> Scorer:
   """Squared Euclidean distance between unit style embeddings: 2 - 2 cos."""
   style = style.astype(np.float64)
@@ -269,41 +265,26 @@ def ranking_metrics(score: Scorer, all_corpus: Corpus, restricted: Corpus, fitb:
 
 
 class ItemEmbedder:
-  """Jitted, sharded inference of items (style, logits, backbone vector) from crops or from the
+  """Style, logits and backbone vector of items, batched and sharded, from crops or from the
   feature cache."""
 
-  def __init__(self, model, mesh, state_sharding, config, cache: FeatureCache | None = None):
-    self.mesh, self.config, self.cache = mesh, config, cache
+  def __init__(self, model: ProductModel, mesh: jax.sharding.Mesh, state_sharding,
+               config: ml_collections.ConfigDict, cache: FeatureCache | None = None):
+    self.config, self.cache = config, cache
     fn = product_steps.item_step if cache is None else product_steps.item_from_features_step
-    self._fn = jax.jit(functools.partial(fn, model=model),
-                       in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
-                       out_shardings=sharding.replicated(mesh))
-
-  def _batches(self, data: ctl.CtlData, items: np.ndarray):
-    c = self.config
-    if self.cache is None:
-      paths = product_data.paths_of(data)
-      ds = scene_pipeline.eval_images(
-          [paths[i] for i in items], product_data.crops_of(data)[items], {},
-          global_batch=c.eval.batch_size, image_size=c.input.image_size,
-          normalization=c.input.normalization, process_index=jax.process_index(),
-          process_count=jax.process_count(), num_parallel_calls=c.input.num_parallel_calls)
-      for b in ds.as_numpy_iterator():
-        yield {"image": b["image"]}
-      return
-    rows = self.cache.rows("items", [data.item_keys[i] for i in items])
-    for ids, _ in scene_pipeline.padded_row_batches(len(rows), global_batch=c.eval.batch_size,
-                                              process_index=jax.process_index(),
-                                              process_count=jax.process_count()):
-      yield {"global": self.cache.gather("items", "global", rows[ids])}
+    self._apply = inference.ShardedApply(fn, model, mesh, state_sharding)
 
   def __call__(self, state, data: ctl.CtlData, items: np.ndarray | None = None) -> dict:
     """{'style' [n, D], 'logits' [n, C], 'global' [n, G]} of `items` (default: all) of `data`."""
     items = np.arange(len(data)) if items is None else np.asarray(items)
-    outs = []
-    for batch in self._batches(data, items):
-      outs.append(jax.device_get(self._fn(state, sharding.to_global(batch, self.mesh))))
-    return {k: np.concatenate([o[k] for o in outs])[:len(items)] for k in outs[0]}
+    if self.cache is None:
+      paths = product_data.paths_of(data)
+      batches = inference.image_batches(self.config, [paths[i] for i in items],
+                                        product_data.crops_of(data)[items])
+    else:
+      rows = self.cache.rows("items", [data.item_keys[i] for i in items])
+      batches = inference.cached_batches(self.cache, "items", rows, self.config.eval.batch_size)
+    return self._apply.over(state, batches, len(items))
 
 
 def _popularity_frequency(embed: ItemEmbedder, untrained_state, ds, test_global, config):
@@ -362,16 +343,5 @@ def evaluate(state, embed: ItemEmbedder, ds: product_data.ProductDataset, config
   return results
 
 
-COLUMNS = ("r@1", "r@5", "r@10", "restricted_r@1", "restricted_r@5", "restricted_r@10", "fitb",
-           "category_accuracy")
-
-
-def format_table(results: dict, columns=COLUMNS) -> str:
-  """The model and each baseline, one row each."""
-  rows = [("model", results)] + list(results.get("baselines", {}).items())
-  header = f"{'method':<12}" + "".join(f"{k:>18}" for k in columns)
-  lines = [header, "-" * len(header)]
-  for name, values in rows:
-    lines.append(f"{name:<12}" + "".join(f"{values.get(k, float('nan')):>18.4f}"
-                                         for k in columns))
-  return "\n".join(lines)
+TABLE_COLUMNS = ("r@1", "r@5", "r@10", "restricted_r@1", "restricted_r@5", "restricted_r@10",
+                 "fitb", "category_accuracy")

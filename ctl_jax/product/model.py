@@ -13,13 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from ctl_jax.nn import backbones
-from ctl_jax.trainer.state import DTYPES
-from ctl_jax.scene.model import ProjectionHead
+from ctl_jax.nn.heads import ProjectionHead
 
 ROLES = ("anchor", "positive", "negative")
 
@@ -62,10 +60,8 @@ class ProductModel(nn.Module):
 
   def features(self, images, train: bool = False):
     """{'global': [B, G], 'regions': [B, h, w, C]} from one backbone pass."""
-    out = self.backbone(images, train=train and not self.freeze_backbone)
-    if self.freeze_backbone:
-      out = jax.tree.map(jax.lax.stop_gradient, out)
-    return out
+    return backbones.backbone_features(self.backbone, images, train=train,
+                                       frozen=self.freeze_backbone)
 
   def heads(self, global_features, train: bool = False) -> dict:
     """Style embedding [..., D] (unit norm) and category logits [..., C] of backbone vectors."""
@@ -122,10 +118,11 @@ class ProductModel(nn.Module):
 
 def create_model(model_config: ml_collections.ConfigDict, num_categories: int,
                  num_proxies: int = 0) -> ProductModel:
-  dtype = DTYPES[model_config.dtype]
-  return ProductModel(backbone=backbones.BACKBONES[model_config.backbone](dtype),
+  """The product model of the `model` config section (with `num_proxies` outfit proxies)."""
+  return ProductModel(backbone=backbones.create_backbone(model_config.backbone, model_config.dtype),
                       num_categories=num_categories, embed_dim=model_config.embed_dim,
                       style_hidden=model_config.style_hidden,
                       classifier_hidden=model_config.classifier_hidden,
                       dropout=model_config.dropout, num_proxies=num_proxies,
-                      freeze_backbone=model_config.freeze_backbone, dtype=dtype)
+                      freeze_backbone=model_config.freeze_backbone,
+                      dtype=backbones.DTYPES[model_config.dtype])

@@ -6,20 +6,17 @@ cross-entropy over every item of the batch is added with weight `loss.category_w
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from ctl_jax.nn import losses
+from ctl_jax.nn.losses import squared_l2
+from ctl_jax.product import losses as product_losses
 from ctl_jax.product.model import ProductModel
-from ctl_jax.trainer.state import TrainState
-
-
-def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-  """||a - b||^2 over the last axis (broadcasting)."""
-  return jnp.sum(jnp.square(a - b), axis=-1)
+from ctl_jax.trainer.state import TrainState, gradient_step
 
 
 def _triplet(out, d_pos, d_neg, settings):
@@ -27,14 +24,14 @@ def _triplet(out, d_pos, d_neg, settings):
 
 
 def _contrastive(out, d_pos, d_neg, settings):
-  return losses.contrastive(d_pos, d_neg, settings["contrastive_margin"])
+  return product_losses.contrastive(d_pos, d_neg, settings["contrastive_margin"])
 
 
 def _proxy(out, d_pos, d_neg, settings):
   # Anchor and positive belong to the same outfit: both are classified into its proxy.
   x = jnp.concatenate([out["anchor"], out["positive"]])
   proxies = jnp.concatenate([out["proxies"], out["proxies"]])
-  return losses.sampled_proxy_softmax(x, proxies, settings["temperature"])
+  return product_losses.sampled_proxy_softmax(x, proxies, settings["temperature"])
 
 
 STYLE_LOSSES: dict[str, Callable] = {"triplet": _triplet, "contrastive": _contrastive,
@@ -51,14 +48,14 @@ def product_loss(params, state: TrainState, batch: dict, *, model: ProductModel,
   out, updates = model.apply(
       state.variables(params), batch, train=True,
       rngs={"dropout": jax.random.fold_in(state.rng, state.step)}, mutable=["batch_stats"])
-  d_pos = squared_distance(out["anchor"], out["positive"])
-  d_neg = squared_distance(out["anchor"][:, None, :], out["negative"])
+  d_pos = squared_l2(out["anchor"], out["positive"])
+  d_neg = squared_l2(out["anchor"][:, None, :], out["negative"])
   style = STYLE_LOSSES[loss_name](out, d_pos, d_neg, settings)
   logits = jnp.concatenate([out["anchor_logits"], out["positive_logits"],
                             out["negative_logits"].reshape(-1, out["anchor_logits"].shape[-1])])
   labels = jnp.concatenate([batch["anchor_category"], batch["positive_category"],
                             batch["negative_category"].reshape(-1)])
-  category = losses.categorical_cross_entropy(logits, labels)
+  category = product_losses.categorical_cross_entropy(logits, labels)
   loss = style + category_weight * category
   aux = {"style_loss": style, "category_loss": category,
          "triplet_accuracy": jnp.mean(d_pos[:, None] < d_neg),
@@ -71,16 +68,9 @@ def train_step(state: TrainState, batch: dict, *, model: ProductModel, loss_name
                settings: dict, category_weight: float,
                schedule: Callable) -> tuple[TrainState, dict]:
   """One optimizer step on a batch of tuples; returns the new state and scalar metrics."""
-  grad_fn = jax.value_and_grad(product_loss, has_aux=True)
-  (loss, (batch_stats, aux)), grads = grad_fn(
-      state.params, state, batch, model=model, loss_name=loss_name, settings=settings,
-      category_weight=category_weight)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, **aux, "l2_grads": optax.global_norm(grads),
-             "l2_params": optax.global_norm(params), "learning_rate": schedule(state.step)}
-  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                       opt_state=opt_state), metrics
+  loss_fn = functools.partial(product_loss, model=model, loss_name=loss_name, settings=settings,
+                              category_weight=category_weight)
+  return gradient_step(loss_fn, state, batch, schedule)
 
 
 def item_step(state: TrainState, batch: dict, *, model: ProductModel) -> dict:
@@ -89,4 +79,5 @@ def item_step(state: TrainState, batch: dict, *, model: ProductModel) -> dict:
 
 
 def item_from_features_step(state: TrainState, batch: dict, *, model: ProductModel) -> dict:
+  """`item_step` from cached backbone features (`global`)."""
   return model.apply(state.variables(), batch["global"], method="item_outputs_from_features")

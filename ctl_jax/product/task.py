@@ -1,51 +1,47 @@
-"""The product-based task (Li et al., KDD 2020) as the trainer sees it (`config.task='product'`).
-
-Given one item (a crop of an outfit collage), recommend compatible items of other categories.
-The interface is the one of `scene_task.SceneTask`; the loop, checkpoints, sharding and logging
-in `train.py` are shared.
+"""The product-based task (Li et al., KDD 2020) as the trainer sees it (`config.task='product'`):
+given one item (a crop of an outfit collage, the CTL format), recommend compatible items of other
+categories. The interface is `ctl_jax/task.py`; the loop, checkpoints, sharding and logging are
+the trainer's.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Iterator
 
 import jax
+import ml_collections
 import numpy as np
 
 from ctl_jax.product import evaluation as product_eval
 from ctl_jax.product import model as product_model
 from ctl_jax.product import steps as product_steps
-from input_pipeline import feature_cache
+from ctl_jax.product.model import ProductModel
+from ctl_jax.trainer import inference
+from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.product import dataset as product_data
 from input_pipeline.product import pipeline as product_pipeline
-
-
-def num_proxies(config, data: product_data.ProductDataset) -> int:
-  """Size of the proxy table: one proxy per training outfit when the loss uses proxies."""
-  return len(data.train.outfits) if config.loss.name == "proxy" else 0
+from input_pipeline.product.sampler import ProductTripletSampler
 
 
 class ProductTask:
   """Style embeddings and a category classifier for items of outfits (the CTL format)."""
 
   name = "product"
+  config_base = "configs.product_default"
+  example_unit = "tuples"
   step_inputs = ("anchor", "positive", "negative", "anchor_global", "positive_global",
                  "negative_global", "anchor_category", "positive_category", "negative_category",
                  "proxy_outfits")
-  region_kinds = ()  # the feature cache keeps global vectors only
-  # Host-batch entries that name a row's items (for the report of a non-finite step).
   id_keys = ("anchor_index", "positive_index", "negative_index")
-  # Config fields that shape the train state: a checkpoint written with other values is refused.
+  region_kinds = ()  # the feature cache keeps global vectors only
   checkpoint_fields = ("model.backbone", "model.embed_dim", "model.style_hidden",
                        "model.classifier_hidden", "model.freeze_backbone", "loss.name",
                        "optimizer.name")
 
-  def load_data(self, config) -> product_data.ProductDataset:
+  def load_data(self, config: ml_collections.ConfigDict) -> product_data.ProductDataset:
     return product_data.load_product_dataset(config.data)
-
-  def categories(self, data: product_data.ProductDataset) -> list[str]:
-    return data.categories
 
   def checkpoint_meta(self, data: product_data.ProductDataset) -> dict:
     """What serving needs besides the weights: co-occurrence of categories in training outfits
@@ -54,7 +50,8 @@ class ProductTask:
     groups = product_data.items_by_outfit(data.train)
     for o in data.train_outfits:
       outfits[np.unique(data.train.item_category[groups[o]])] += 1
-    return {"cooccurrence": data.cooccurrence().tolist(), "category_outfits": outfits.tolist(),
+    return {"categories": data.categories, "cooccurrence": data.cooccurrence().tolist(),
+            "category_outfits": outfits.tolist(),
             "num_proxies": len(data.train.outfits)}
 
   def signatures(self, data: product_data.ProductDataset, ids: dict) -> dict[str, list[str]]:
@@ -62,11 +59,13 @@ class ProductTask:
     return {role: [data.train.item_keys[i] for i in np.ravel(ids[f"{role}_index"])]
             for role in ("anchor", "positive", "negative")}
 
-  def create_model(self, config, data: product_data.ProductDataset):
-    return product_model.create_model(config.model, len(data.categories),
-                                      num_proxies(config, data))
+  def create_model(self, config: ml_collections.ConfigDict, meta: dict) -> ProductModel:
+    """With one outfit proxy per training outfit when the loss uses proxies."""
+    proxies = meta["num_proxies"] if config.loss.name == "proxy" else 0
+    return product_model.create_model(config.model, len(meta["categories"]), proxies)
 
-  def train_step(self, config, model, schedule):
+  def train_step(self, config: ml_collections.ConfigDict, model: ProductModel,
+                 schedule: Callable) -> Callable:
     """The pure step function, with the loss settings bound."""
     loss = config.loss
     if loss.name not in product_steps.STYLE_LOSSES:
@@ -77,15 +76,17 @@ class ProductTask:
                              settings=settings, category_weight=loss.category_weight,
                              schedule=schedule)
 
-  def sampler(self, config, data: product_data.ProductDataset):
+  def sampler(self, config: ml_collections.ConfigDict,
+              data: product_data.ProductDataset) -> ProductTripletSampler:
     loss = config.loss
-    return product_data.ProductTripletSampler(
+    return ProductTripletSampler(
         data, seed=config.seed, negatives=loss.negatives, num_negatives=loss.num_negatives,
         num_proxies=loss.num_proxies if loss.name == "proxy" else 0)
 
-  def train_batches(self, run, start_step: int, cache: feature_cache.FeatureCache | None):
+  def train_batches(self, config: ml_collections.ConfigDict, data: product_data.ProductDataset,
+                    start_step: int, cache: FeatureCache | None) -> Iterator[dict]:
     """Host batches from `start_step` on: item crops, or cached features when `cache` is given."""
-    c, data = run.config, run.data
+    c = config
     sampler = self.sampler(c, data)
     if sampler.num_unusable:
       logging.warning("%d training pairs have no possible negative and are skipped",
@@ -101,7 +102,7 @@ class ProductTask:
     return product_pipeline.train_features(sampler, cache,
                                            cache.rows("items", data.train.item_keys), **hosts)
 
-  def cache_items(self, data: product_data.ProductDataset):
+  def cache_items(self, data: product_data.ProductDataset) -> dict:
     """Every item crop of both splits (the whole training split, whatever data.train_fraction
     keeps, so that runs on subsets share one cache)."""
     splits = (data.train, data.test)
@@ -109,12 +110,12 @@ class ProductTask:
                       [p for d in splits for p in product_data.paths_of(d)],
                       np.concatenate([product_data.crops_of(d) for d in splits]))}
 
-  def evaluate(self, run, state, cache, untrained_state=None) -> dict:
-    embed = product_eval.ItemEmbedder(run.model, run.mesh,
-                                      jax.tree.map(lambda x: x.sharding, state), run.config,
+  def evaluate(self, config: ml_collections.ConfigDict, data: product_data.ProductDataset,
+               model: ProductModel, mesh: jax.sharding.Mesh, state, cache: FeatureCache | None,
+               untrained_state=None) -> dict:
+    embed = product_eval.ItemEmbedder(model, mesh, inference.state_sharding(state), config,
                                       cache=cache)
-    return product_eval.evaluate(state, embed, run.data, run.config,
-                                 untrained_state=untrained_state)
+    return product_eval.evaluate(state, embed, data, config, untrained_state=untrained_state)
 
-  def format_table(self, results: dict) -> str:
-    return product_eval.format_table(results)
+  def table_columns(self, results: dict) -> tuple[str, ...]:
+    return product_eval.TABLE_COLUMNS

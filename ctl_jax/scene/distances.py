@@ -9,10 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def squared_l2(a: jax.Array, b: jax.Array) -> jax.Array:
-  """||a - b||^2 over the last axis, broadcasting the others."""
-  return jnp.sum(jnp.square(a - b), axis=-1)
+from ctl_jax.nn.losses import squared_l2
 
 
 def attention_weights(region_keys: jax.Array, category: jax.Array) -> jax.Array:

@@ -7,18 +7,15 @@ v = f_s + q_c, so a product's hybrid distance is 2 - v.f_p (see `distances.ranki
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-from typing import Callable
-
 import jax
+import ml_collections
 import numpy as np
 
 from ctl_jax import metrics
-from ctl_jax.trainer import sharding
+from ctl_jax.metrics import Scorer
 from ctl_jax.scene import steps as scene_steps
-from input_pipeline.scene import pipeline as scene_pipeline
+from ctl_jax.scene.model import SceneModel
+from ctl_jax.trainer import inference
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
 from input_pipeline.scene.dataset import SceneDataset
@@ -74,10 +71,6 @@ class Candidates:
     return valid
 
 
-# A scorer maps (query rows [M], product ids [M, K] or [K]) to distances [M, K].
-Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
 def embedding_scorer(queries: np.ndarray, products: np.ndarray) -> Scorer:
   """Hybrid distance 2 - v.f_p from ranking queries and product embeddings."""
 
@@ -126,64 +119,36 @@ def ranking_metrics(score: Scorer, cands: Candidates, ks) -> dict[str, float]:
   return out
 
 
-class Embedder:
-  """Jitted, sharded inference of ranking queries (scenes) and product embeddings, from images
-  or, when a feature cache is given, from cached backbone features (heads only)."""
+class SceneEmbedder:
+  """Ranking queries of scenes and embeddings of products, batched and sharded, from images or,
+  when a feature cache is given, from cached backbone features (heads only)."""
 
-  def __init__(self, model, mesh, state_sharding, config, cache: FeatureCache | None = None):
-    self.mesh = mesh
-    self.config = config
-    self.cache = cache
-    batch_sharding = sharding.batch_sharded(mesh)
-    jit = lambda fn: jax.jit(functools.partial(fn, model=model),
-                             in_shardings=(state_sharding, batch_sharding),
-                             out_shardings=sharding.replicated(mesh))
+  def __init__(self, model: SceneModel, mesh: jax.sharding.Mesh, state_sharding,
+               config: ml_collections.ConfigDict, cache: FeatureCache | None = None):
+    self.config, self.cache = config, cache
+    apply = lambda fn: inference.ShardedApply(fn, model, mesh, state_sharding)
     if cache is None:
-      self._scene = jit(scene_steps.scene_query_step)
-      self._product = jit(scene_steps.product_embedding_step)
+      self._scene = apply(scene_steps.scene_query_step)
+      self._product = apply(scene_steps.product_embedding_step)
     else:
-      self._scene = jit(scene_steps.scene_query_from_features_step)
-      self._product = jit(scene_steps.product_embedding_from_features_step)
-
-  def _run(self, fn, state, batches, out_key, num_rows):
-    outs = []
-    for batch in batches:
-      batch = sharding.to_global({k: v for k, v in batch.items() if k != "_mask"}, self.mesh)
-      outs.append(np.asarray(fn(state, batch)[out_key]))
-    return np.concatenate(outs)[:num_rows]
-
-  def _images(self, images: ImageRows | list[str], crops, extras):
-    c = self.config
-    data = scene_pipeline.eval_images(
-        images, crops, extras, global_batch=c.eval.batch_size, image_size=c.input.image_size,
-        normalization=c.input.normalization, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    return data.as_numpy_iterator()
-
-  def _cached(self, kind, rows, extras):
-    """Padded batches of cached features of `rows` (gathered batch by batch)."""
-    for ids, mask in scene_pipeline.padded_row_batches(
-        len(rows), global_batch=self.config.eval.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count()):
-      batch = {"_mask": mask, "global": self.cache.gather(kind, "global", rows[ids]),
-               **{k: v[ids] for k, v in extras.items()}}
-      if kind == "scenes":
-        batch["regions"] = self.cache.gather(kind, "regions", rows[ids])
-      yield batch
+      self._scene = apply(scene_steps.scene_query_from_features_step)
+      self._product = apply(scene_steps.product_embedding_from_features_step)
 
   def products(self, state, ds: SceneDataset) -> np.ndarray:
     """[num_products, D] embeddings of every catalogue product."""
     if self.cache is None:
       products = ImageRows(ds.product_images, np.arange(len(ds.stl.products)))
       return self.product_images(state, products)
-    batches = self._cached("products", self.cache.rows("products", ds.stl.products), {})
-    return self._run(self._product, state, batches, "embedding", len(ds.stl.products))
+    batches = inference.cached_batches(self.cache, "products",
+                                       self.cache.rows("products", ds.stl.products),
+                                       self.config.eval.batch_size)
+    return self._product.over(state, batches, len(ds.stl.products), ["embedding"])["embedding"]
 
   def product_images(self, state, images: ImageRows | list[str]) -> np.ndarray:
     """[len(images), D] embeddings of whole product images (ImageRows, or one file per row;
-    needs an Embedder without cache)."""
-    batches = ({"image": b["image"]} for b in self._images(images, None, {}))
-    return self._run(self._product, state, batches, "embedding", len(images))
+    needs an embedder without cache)."""
+    batches = inference.image_batches(self.config, images, None)
+    return self._product.over(state, batches, len(images), ["embedding"])["embedding"]
 
   def test_queries(self, state, ds: SceneDataset) -> np.ndarray:
     """[num_test_pairs, D] ranking queries of the cropped test scenes."""
@@ -191,15 +156,17 @@ class Embedder:
     category = ds.stl.pair_category[rows]
     if self.cache is None:
       scenes = ImageRows(ds.scene_images, ds.stl.pair_scene[rows])
-      batches = ({"image": b["image"], "category": b["category"]}
-                 for b in self._images(scenes, ds.test.crops, {"category": category}))
+      batches = inference.image_batches(self.config, scenes, ds.test.crops,
+                                        {"category": category})
     else:
-      batches = self._cached("scenes", self.cache.rows("scenes", ds.scene_keys(ds.test)),
-                             {"category": category})
-    return self._run(self._scene, state, batches, "query", len(rows))
+      batches = inference.cached_batches(
+          self.cache, "scenes", self.cache.rows("scenes", ds.scene_keys(ds.test)),
+          self.config.eval.batch_size, fields=("global", "regions"),
+          extras={"category": category})
+    return self._scene.over(state, batches, len(rows), ["query"])["query"]
 
 
-def evaluate(state, embedder: Embedder, ds: SceneDataset, config,
+def evaluate(state, embedder: SceneEmbedder, ds: SceneDataset, config,
              untrained_state=None) -> dict:
   """The model's held-out metrics and, when `config.eval.baselines`, its baselines."""
   if len(ds.test.pairs) == 0:
@@ -213,7 +180,8 @@ def evaluate(state, embedder: Embedder, ds: SceneDataset, config,
 
   results = model_metrics(state)
   results.update(step=int(jax.device_get(state.step)), num_queries=len(cands.rows),
-                 num_products=len(ds.stl.products), protocol=protocol(config.eval.num_candidates, ks))
+                 num_products=len(ds.stl.products),
+                 protocol=protocol(config.eval.num_candidates, ks))
   if config.eval.baselines:
     results["baselines"] = {
         "random": ranking_metrics(random_scorer(config.eval.seed), cands, ks),
@@ -224,23 +192,6 @@ def evaluate(state, embedder: Embedder, ds: SceneDataset, config,
   return results
 
 
-def metric_keys(results: dict) -> list[str]:
+def table_columns(results: dict) -> list[str]:
+  """Every metric of `results`, in order (auc, hr@K, then their whole-category versions)."""
   return [k for k, v in results.items() if isinstance(v, float)]
-
-
-def format_table(results: dict) -> str:
-  """A small fixed-width table: the model and each baseline, one row each."""
-  keys = metric_keys(results)
-  rows = [("model", results)] + list(results.get("baselines", {}).items())
-  header = f"{'method':<12}" + "".join(f"{k:>16}" for k in keys)
-  lines = [header, "-" * len(header)]
-  for name, values in rows:
-    lines.append(f"{name:<12}" + "".join(f"{values.get(k, float('nan')):>16.4f}" for k in keys))
-  return "\n".join(lines)
-
-
-def write_results(results: dict, workdir: str) -> str:
-  path = os.path.join(workdir, "eval_metrics.json")
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
-  return path

@@ -1,11 +1,11 @@
-"""The scene-based Complete-The-Look model: backbone, heads f, l, h and category embeddings e_c.
+"""The scene-based model (Kang et al. 2019): backbone, heads f, l, h and category embeddings e_c.
 
 One backbone pass per image gives both the global vector and the region map. The heads are
     f   global head, shared by scenes and products   (Dense-BN-ReLU-Dropout-Dense-L2)
     l   local head on each region                     (same shape)
     h   attention head on each region                 (same shape)
     e_c one learned, L2-normalised vector per category (the attention query)
-and the model returns hybrid distances (see `distances.py`).
+and the model returns hybrid distances (see `scene/distances.py`).
 
 Batches hold either images (`scene`, `positive`, `negative`) or cached backbone features
 (`scene_global`, `scene_regions`, `positive_global`, `negative_global`); the heads see the same
@@ -19,30 +19,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from ctl_jax.nn import backbones
+from ctl_jax.nn.heads import ProjectionHead, l2_normalize
 from ctl_jax.scene import distances
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), eps))
-
-
-class ProjectionHead(nn.Module):
-  """Dense -> BatchNorm -> ReLU -> Dropout -> Dense -> L2-normalise, over the last axis."""
-
-  hidden: int
-  out: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Dense(self.hidden, dtype=self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)  # over all other axes
-    x = nn.relu(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return l2_normalize(nn.Dense(self.out, dtype=self.dtype)(x))
 
 
 class SceneHeads(nn.Module):
@@ -83,7 +64,7 @@ class SceneHeads(nn.Module):
             self.embed_category(category))
 
 
-class CTLModel(nn.Module):
+class SceneModel(nn.Module):
   """Backbone + scene heads; `freeze_backbone` keeps the backbone out of training."""
 
   backbone: nn.Module
@@ -92,10 +73,8 @@ class CTLModel(nn.Module):
 
   def features(self, images, train: bool = False):
     """{'global': [B, G], 'regions': [B, h, w, C]} from one backbone pass."""
-    out = self.backbone(images, train=train and not self.freeze_backbone)
-    if self.freeze_backbone:
-      out = jax.tree.map(jax.lax.stop_gradient, out)
-    return out
+    return backbones.backbone_features(self.backbone, images, train=train,
+                                       frozen=self.freeze_backbone)
 
   def _triplet_features(self, batch, train: bool):
     """Scene global/regions and product globals, from images (one pass) or from the cache."""
@@ -103,7 +82,8 @@ class CTLModel(nn.Module):
       # Converted once and kept (the barrier stops XLA from redoing the conversion inside
       # every matmul that reads the region map, forward and backward).
       f32 = lambda k: jax.lax.optimization_barrier(batch[k].astype(jnp.float32))
-      return f32("scene_global"), f32("scene_regions"), f32("positive_global"), f32("negative_global")
+      return (f32("scene_global"), f32("scene_regions"), f32("positive_global"),
+              f32("negative_global"))
     scene, positive, negative = batch["scene"], batch["positive"], batch["negative"]
     b, n = negative.shape[:2]
     images = jnp.concatenate([scene, positive, negative.reshape((b * n,) + negative.shape[2:])])
@@ -157,3 +137,14 @@ class CTLModel(nn.Module):
     """Creates every variable (backbone, heads, categories)."""
     feats = self.features(images)
     return self.heads(feats["global"], feats["regions"], category)
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_categories: int) -> SceneModel:
+  """The scene model of the `model` config section for `num_categories` categories."""
+  c = model_config
+  backbone = backbones.create_backbone(c.backbone, c.dtype)
+  heads = SceneHeads(num_categories=num_categories, embed_dim=c.embed_dim,
+                     global_hidden=c.global_hidden, local_hidden=c.local_hidden,
+                     attention_hidden=c.attention_hidden, dropout=c.dropout,
+                     dtype=backbones.DTYPES[c.dtype])
+  return SceneModel(backbone=backbone, heads=heads, freeze_backbone=c.freeze_backbone)

@@ -1,28 +1,30 @@
-"""Pure step functions; the trainer jits them once with explicit shardings."""
+"""Pure step functions of the scene task; the trainer jits them once with explicit shardings."""
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from ctl_jax.scene import distances
 from ctl_jax.nn import losses
-from ctl_jax.scene import model as scene_model
-from ctl_jax.trainer.state import TrainState
+from ctl_jax.scene import distances
+from ctl_jax.scene import losses as scene_losses
+from ctl_jax.scene.model import SceneModel
+from ctl_jax.trainer.state import TrainState, gradient_step
 
 
-def triplet_loss(params, state: TrainState, batch: dict, *, model: scene_model.CTLModel,
-                 margin: float, reduction: str, in_batch: bool = False):
+def triplet_loss(params, state: TrainState, batch: dict, *, model: SceneModel, margin: float,
+                 reduction: str, in_batch: bool = False) -> tuple[jax.Array, tuple[dict, dict]]:
   """Training-mode triplet loss of `batch` at `params`.
 
   With `in_batch`, every product of the batch that shares a row's category and is not in its
   scene is a negative of that row too, scored by one inner product with the ranking query.
 
   Returns:
-    loss, and aux = (new batch_stats, d_pos [B], number of scored negative terms).
+    loss, and aux = (new batch_stats, scalar metrics: triplet accuracy, scored negative terms,
+    mean d_pos and d_neg).
   """
   (d_pos, d_neg, aux), updates = model.apply(
       state.variables(params), batch, train=True,
@@ -31,64 +33,52 @@ def triplet_loss(params, state: TrainState, batch: dict, *, model: scene_model.C
     b, n = d_neg.shape
     candidates = jnp.concatenate([aux["positive"], aux["negative"].reshape(b * n, -1)])
     d_candidates = distances.distance_from_query(aux["query"], candidates)
-    valid = losses.in_batch_negative_mask(
+    valid = scene_losses.in_batch_negative_mask(
         batch["category"], batch["positive_index"], batch["scene_products"],
         jnp.concatenate([batch["category"], jnp.repeat(batch["category"], n)]),
         jnp.concatenate([batch["positive_index"], batch["negative_index"].reshape(-1)]))
-    loss = losses.in_batch_triplet_hinge(d_pos, d_candidates, valid, margin, reduction)
+    loss = scene_losses.in_batch_triplet_hinge(d_pos, d_candidates, valid, margin, reduction)
     num_terms = jnp.sum(valid)
   else:
     loss = losses.triplet_hinge(d_pos, d_neg, margin, reduction)
     num_terms = jnp.asarray(d_neg.size)
-  return loss, (updates["batch_stats"], d_pos, d_neg, num_terms)
+  metrics = {"triplet_accuracy": jnp.mean(d_pos[:, None] < d_neg), "loss_terms": num_terms,
+             "d_pos": jnp.mean(d_pos), "d_neg": jnp.mean(d_neg)}
+  return loss, (updates["batch_stats"], metrics)
 
 
-def train_step(state: TrainState, batch: dict, *, model: scene_model.CTLModel, margin: float,
+def train_step(state: TrainState, batch: dict, *, model: SceneModel, margin: float,
                reduction: str, schedule: Callable,
                in_batch: bool = False) -> tuple[TrainState, dict]:
   """One optimizer step on a batch of triplets; returns the new state and scalar metrics."""
-  grad_fn = jax.value_and_grad(triplet_loss, has_aux=True)
-  (loss, (batch_stats, d_pos, d_neg, num_terms)), grads = grad_fn(
-      state.params, state, batch, model=model, margin=margin, reduction=reduction,
-      in_batch=in_batch)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {
-      "loss": loss,
-      "triplet_accuracy": jnp.mean(d_pos[:, None] < d_neg),
-      "loss_terms": num_terms,
-      "d_pos": jnp.mean(d_pos),
-      "d_neg": jnp.mean(d_neg),
-      "l2_grads": optax.global_norm(grads),
-      "l2_params": optax.global_norm(params),
-      "learning_rate": schedule(state.step),
-  }
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
-  return new_state, metrics
+  loss_fn = functools.partial(triplet_loss, model=model, margin=margin, reduction=reduction,
+                              in_batch=in_batch)
+  return gradient_step(loss_fn, state, batch, schedule)
 
 
-def scene_query_step(state: TrainState, batch: dict, *, model: scene_model.CTLModel) -> dict:
+def scene_query_step(state: TrainState, batch: dict, *, model: SceneModel) -> dict:
   """Ranking query v = f_s + q_c and attention of each (cropped) scene image."""
   query, attention = model.apply(state.variables(), batch["image"], batch["category"],
-                                 method=scene_model.CTLModel.scene_query)
+                                 method=SceneModel.scene_query)
   return {"query": query, "attention": attention}
 
 
-def product_embedding_step(state: TrainState, batch: dict, *, model: scene_model.CTLModel) -> dict:
+def product_embedding_step(state: TrainState, batch: dict, *, model: SceneModel) -> dict:
+  """Embedding f_p of each product image."""
   return {"embedding": model.apply(state.variables(), batch["image"],
-                                   method=scene_model.CTLModel.product_embedding)}
+                                   method=SceneModel.product_embedding)}
 
 
 def scene_query_from_features_step(state: TrainState, batch: dict, *,
-                                   model: scene_model.CTLModel) -> dict:
+                                   model: SceneModel) -> dict:
+  """`scene_query_step` from cached backbone features (`global`, `regions`)."""
   query, attention = model.apply(state.variables(), batch["global"], batch["regions"],
-                                 batch["category"],
-                                 method=scene_model.CTLModel.scene_query_from_features)
+                                 batch["category"], method=SceneModel.scene_query_from_features)
   return {"query": query, "attention": attention}
 
 
 def product_embedding_from_features_step(state: TrainState, batch: dict, *,
-                                         model: scene_model.CTLModel) -> dict:
+                                         model: SceneModel) -> dict:
+  """`product_embedding_step` from cached backbone features (`global`)."""
   return {"embedding": model.apply(state.variables(), batch["global"],
-                                   method=scene_model.CTLModel.product_embedding_from_features)}
+                                   method=SceneModel.product_embedding_from_features)}

@@ -1,72 +1,66 @@
-"""The scene-based task (Kang et al. 2019) as the trainer sees it.
-
-A task gives the trainer its data, model, step function, input batches, feature-cache items and
-evaluation; the loop, checkpoints, sharding and logging in `train.py` are shared by all tasks.
+"""The scene-based task (Kang et al. 2019) as the trainer sees it (`config.task='scene'`): rank
+the products of a category for a scene photo (the STL format). The interface is
+`ctl_jax/task.py`; the loop, checkpoints, sharding and logging are the trainer's.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Iterator
 
 import jax
+import ml_collections
 import numpy as np
 
 from ctl_jax.scene import evaluation as scene_eval
 from ctl_jax.scene import steps as scene_steps
-from ctl_jax.trainer import state as train_state
-from input_pipeline import feature_cache
-from input_pipeline.scene import pipeline as scene_pipeline
-from input_pipeline.scene import dataset as scene_data
-from input_pipeline.scene import sampler as scene_sampler
+from ctl_jax.scene.model import SceneModel, create_model
+from ctl_jax.trainer import inference
+from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
+from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline.scene import sampler as scene_sampler
+from input_pipeline.scene.dataset import SceneDataset, load_scene_dataset
 
 
 class SceneTask:
   """Rank products of a category for a scene (the STL format)."""
 
   name = "scene"
-  # What the jitted step reads from a host batch (the rest is bookkeeping for logs).
+  config_base = "configs.default"
+  example_unit = "triplets"
   step_inputs = ("scene", "positive", "negative", "scene_global", "scene_regions",
                  "positive_global", "negative_global", "category", "positive_index",
                  "negative_index", "scene_products")
-  region_kinds = ("scenes",)  # feature-cache kinds that also keep the region map
-  # Host-batch entries that name a row's images (for the report of a non-finite step).
   id_keys = ("scene_index", "positive_index", "negative_index")
-  # Config fields that shape the train state: a checkpoint written with other values is refused.
+  region_kinds = ("scenes",)
   checkpoint_fields = ("model.backbone", "model.embed_dim", "model.global_hidden",
                        "model.local_hidden", "model.attention_hidden", "model.freeze_backbone",
                        "optimizer.name")
 
-  def load_data(self, config) -> scene_data.SceneDataset:
-    return scene_data.load_scene_dataset(config.data)
+  def load_data(self, config: ml_collections.ConfigDict) -> SceneDataset:
+    return load_scene_dataset(config.data)
 
-  def categories(self, data: scene_data.SceneDataset) -> list[str]:
-    return data.categories
+  def checkpoint_meta(self, data: SceneDataset) -> dict:
+    return {"categories": data.categories}
 
-  def checkpoint_meta(self, data: scene_data.SceneDataset) -> dict:
-    """Task-specific facts saved with every checkpoint, besides the config and categories."""
-    return {}
-  def signatures(self, data: scene_data.SceneDataset, ids: dict) -> dict[str, list[str]]:
-    """Image signatures of the rows `ids` (entries `id_keys` of a host or global batch)."""
-    return {"scene": [data.stl.scenes[i] for i in np.ravel(ids["scene_index"])],
-            "positive": [data.stl.products[i] for i in np.ravel(ids["positive_index"])],
-            "negative": [data.stl.products[i] for i in np.ravel(ids["negative_index"])]}
+  def create_model(self, config: ml_collections.ConfigDict, meta: dict) -> SceneModel:
+    return create_model(config.model, len(meta["categories"]))
 
-  def create_model(self, config, data: scene_data.SceneDataset):
-    return train_state.create_model(config.model, len(data.categories))
-
-  def train_step(self, config, model, schedule):
-    """The pure step function, with the task's settings bound."""
+  def train_step(self, config: ml_collections.ConfigDict, model: SceneModel,
+                 schedule: Callable) -> Callable:
+    """The pure step function, with the loss settings bound."""
     return functools.partial(scene_steps.train_step, model=model, margin=config.loss.margin,
                              reduction=config.loss.reduction, schedule=schedule,
                              in_batch=config.loss.in_batch_negatives)
 
-  def train_batches(self, run, start_step: int, cache: feature_cache.FeatureCache | None):
+  def train_batches(self, config: ml_collections.ConfigDict, data: SceneDataset,
+                    start_step: int, cache: FeatureCache | None) -> Iterator[dict]:
     """Host batches from `start_step` on: images, or cached features when `cache` is given."""
-    c, data = run.config, run.data
+    c = config
     sampler = scene_sampler.TripletSampler(data.stl, data.train, seed=c.seed,
-                                      num_negatives=c.loss.num_negatives)
+                                           num_negatives=c.loss.num_negatives)
     if sampler.num_unusable:
       logging.warning("%d training pairs have no possible negative (their category has one "
                       "product) and are skipped", sampler.num_unusable)
@@ -83,9 +77,8 @@ class SceneTask:
     product_rows = cache.rows("products", data.stl.products)
     return scene_pipeline.train_features(sampler, cache, scene_rows, product_rows, **hosts)
 
-  def cache_items(self, data: scene_data.SceneDataset):
-    """Per cache kind: (keys, ImageRows, crops or None) of every image the model needs:
-    every product whole, and every (scene, crop) of the train and test pairs."""
+  def cache_items(self, data: SceneDataset) -> dict:
+    """Every product whole, and every (scene, crop) of the train and test pairs."""
     products = (list(data.stl.products),
                 ImageRows(data.product_images, np.arange(len(data.stl.products))), None)
     keys, scenes, crops = [], [], []
@@ -100,11 +93,17 @@ class SceneTask:
     scenes = ImageRows(data.scene_images, np.asarray(scenes, np.int64))
     return {"products": products, "scenes": (keys, scenes, np.asarray(crops, np.float32))}
 
-  def evaluate(self, run, state, cache, untrained_state=None) -> dict:
-    embedder = scene_eval.Embedder(run.model, run.mesh, jax.tree.map(lambda x: x.sharding, state),
-                                 run.config, cache=cache)
-    return scene_eval.evaluate(state, embedder, run.data, run.config,
-                             untrained_state=untrained_state)
+  def signatures(self, data: SceneDataset, ids: dict) -> dict[str, list[str]]:
+    return {"scene": [data.stl.scenes[i] for i in np.ravel(ids["scene_index"])],
+            "positive": [data.stl.products[i] for i in np.ravel(ids["positive_index"])],
+            "negative": [data.stl.products[i] for i in np.ravel(ids["negative_index"])]}
 
-  def format_table(self, results: dict) -> str:
-    return scene_eval.format_table(results)
+  def evaluate(self, config: ml_collections.ConfigDict, data: SceneDataset, model: SceneModel,
+               mesh: jax.sharding.Mesh, state, cache: FeatureCache | None,
+               untrained_state=None) -> dict:
+    embedder = scene_eval.SceneEmbedder(model, mesh, inference.state_sharding(state), config,
+                                        cache=cache)
+    return scene_eval.evaluate(state, embedder, data, config, untrained_state=untrained_state)
+
+  def table_columns(self, results: dict) -> list[str]:
+    return scene_eval.table_columns(results)

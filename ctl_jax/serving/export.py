@@ -17,11 +17,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ctl_jax.serving import catalogue
 from ctl_jax.scene import evaluation as scene_eval
-from ctl_jax.serving import scene_predictor
-from input_pipeline.readers import image_folder
-from input_pipeline.readers import stl
+from ctl_jax.serving import catalogue, product_predictor
+from ctl_jax.serving.restore import restore
+from ctl_jax.trainer import inference
+from input_pipeline.readers import image_folder, stl
 from input_pipeline.readers.drops import DataError, DropReport
 
 
@@ -59,11 +59,9 @@ def _scene_from_features(config, workdir):
   with config.unlocked():
     config.data.source = "features"
   run = loop.setup(config, workdir)
-  if run.checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint under {run.checkpointer.directory}: train first")
-  state = run.restore_or_init()
-  embedder = scene_eval.Embedder(run.model, run.mesh, jax.tree.map(lambda x: x.sharding, state),
-                               config, cache=run.feature_cache(state))
+  state = loop.restore_trained(run)
+  embedder = scene_eval.SceneEmbedder(run.model, run.mesh, inference.state_sharding(state),
+                                      config, cache=run.feature_cache(state))
   data = run.data
   emb = embedder.products(state, data)
   return (emb, list(data.stl.products), data.stl.product_category, data.product_paths,
@@ -71,24 +69,19 @@ def _scene_from_features(config, workdir):
 
 
 def _scene_from_folder(config, workdir, folder):
-  scene = scene_predictor.restore_scene_model(workdir, config)
+  scene = restore(workdir, config, task="scene")
   sigs, ids, files, report = read_catalogue_dir(
       folder, scene.categories, images_dir=config.data.images_dir,
       category_map=dict(config.data.category_map) or None, strict=config.data.strict)
-  embedder = scene_eval.Embedder(scene.model, scene.mesh,
-                               jax.tree.map(lambda x: x.sharding, scene.state), config)
+  embedder = scene_eval.SceneEmbedder(scene.model, scene.mesh,
+                                      inference.state_sharding(scene.state), config)
   return (embedder.product_images(scene.state, files), sigs, ids, files, scene.step,
           scene.categories, report)
 
 
 def _style_from_folder(config, workdir, folder):
   """Style vectors of the product model (the KDD flow), through its serving API."""
-  try:
-    from ctl_jax.serving import product_predictor
-  except ImportError as e:
-    raise ValueError("exporting a product-task model needs ctl_jax/product_predictor.py (the "
-                     "product-based task)") from e
-  predictor = product_predictor.ProductPredictor(config, workdir)
+  predictor = product_predictor.restore_product_predictor(workdir, config)
   sigs, ids, files, report = read_catalogue_dir(
       folder, predictor.categories, images_dir=config.data.images_dir,
       category_map=dict(config.data.category_map) or None, strict=config.data.strict)

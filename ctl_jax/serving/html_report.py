@@ -26,7 +26,8 @@ def heat_colours(m: np.ndarray) -> np.ndarray:
   return np.where(m < 0.5, low, stops[1] + (stops[2] - stops[1]) * (m * 2 - 1)).astype(np.uint8)
 
 
-def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 0.55) -> Image.Image:
+def attention_overlay(image: Image.Image, attention: np.ndarray,
+                      alpha: float = 0.55) -> Image.Image:
   """The attention grid [h, w] (the model saw the image resized to a square, so the grid spans
   the whole image) upsampled onto `image`, from its minimum (dark) to its maximum (bright)."""
   a = np.asarray(attention, np.float32)

@@ -1,6 +1,6 @@
 """Serving API of a trained product-based model: what the product-query flow calls.
 
-  predictor = ProductPredictor(config, workdir)
+  predictor = restore_product_predictor(workdir, config)
   images = predictor.load_items(["collage.jpg"], [(x, y, w, h)])   # or any preprocessed batch
   predictor.predict_category(images)        # [[("Shoes", 0.93), ...]] per image
   predictor.embed(images)["style"]          # [B, D] unit style vectors: smaller distance = better
@@ -12,18 +12,16 @@ saved with every checkpoint, so serving does not need the training files.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from ctl_jax.trainer import checkpoint
-from ctl_jax.product import model as product_model
 from ctl_jax.product import steps as product_steps
-from ctl_jax.trainer import sharding
-from ctl_jax.trainer import state as train_state
+from ctl_jax.serving.restore import Restored, restore
+from ctl_jax.trainer import inference
 from input_pipeline import preprocess
 
 
@@ -50,29 +48,13 @@ def complementary_categories(category: str, categories: list[str], cooccurrence,
 class ProductPredictor:
   """A restored product model with its categories and their co-occurrence statistics."""
 
-  def __init__(self, config, workdir: str | os.PathLike, step: int | None = None):
-    self.config = config
-    ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1_000_000)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {ckpt.directory}: train first")
-    meta = ckpt.restore_meta(step)
-    self.categories: list[str] = list(meta["categories"])
-    self.cooccurrence = np.asarray(meta["cooccurrence"], np.int64)
-    self.category_outfits = np.asarray(meta["category_outfits"], np.int64)
-    proxies = meta["num_proxies"] if config.loss.name == "proxy" else 0
-    self.model = product_model.create_model(config.model, len(self.categories), proxies)
-    self.mesh = sharding.make_mesh()
-    tx, _ = train_state.make_optimizer(config.optimizer, config.train.num_steps)
-    like = train_state.create_train_state(self.model, tx, jax.random.PRNGKey(config.seed),
-                                          config.input.image_size, self.mesh)
-    self.state, _ = ckpt.restore(like, step)
-    ckpt.close()
-    self.step = step
-    self._fn = jax.jit(functools.partial(product_steps.item_step, model=self.model),
-                       in_shardings=(jax.tree.map(lambda x: x.sharding, self.state),
-                                     sharding.batch_sharded(self.mesh)),
-                       out_shardings=sharding.replicated(self.mesh))
+  def __init__(self, restored: Restored):
+    self.config, self.model, self.state = restored.config, restored.model, restored.state
+    self.mesh, self.step, self.categories = restored.mesh, restored.step, restored.categories
+    self.cooccurrence = np.asarray(restored.meta["cooccurrence"], np.int64)
+    self.category_outfits = np.asarray(restored.meta["category_outfits"], np.int64)
+    self._apply = inference.ShardedApply(product_steps.item_step, self.model, self.mesh,
+                                         inference.state_sharding(self.state))
 
   def load_items(self, paths: list[str], boxes=None) -> np.ndarray:
     """[B, S, S, 3] model inputs: each image cropped to its CTL (x, y, w, h) box (whole image
@@ -90,13 +72,8 @@ class ProductPredictor:
 
   def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """{'style': [B, D] unit vectors, 'probs': [B, C] category probabilities} of model inputs."""
-    n = len(images)
-    pad = -n % self.mesh.size  # the batch is split over every device
-    batch = np.concatenate([images, np.repeat(images[:1], pad, axis=0)]) if pad else images
-    out = jax.device_get(self._fn(self.state, sharding.to_global(
-        {"image": np.asarray(batch, np.float32)}, self.mesh)))
-    return {"style": np.asarray(out["style"][:n]),
-            "probs": np.asarray(jax.nn.softmax(out["logits"][:n], axis=-1))}
+    out = self._apply.rows(self.state, {"image": np.asarray(images, np.float32)})
+    return {"style": out["style"], "probs": np.asarray(jax.nn.softmax(out["logits"], axis=-1))}
 
   def predict_category(self, images: np.ndarray, top_k: int = 1) -> list[list[tuple[str, float]]]:
     """Per image, the `top_k` most likely categories with their probabilities."""
@@ -108,3 +85,9 @@ class ProductPredictor:
     """Categories that complete `category`, most frequent in its training outfits first."""
     return complementary_categories(category, self.categories, self.cooccurrence,
                                     self.category_outfits, top_k, min_outfits)
+
+
+def restore_product_predictor(workdir: str | os.PathLike,
+                              config: ml_collections.ConfigDict | None = None) -> ProductPredictor:
+  """The latest product-task checkpoint of `workdir` (config from the checkpoint unless given)."""
+  return ProductPredictor(restore(workdir, config, task="product"))

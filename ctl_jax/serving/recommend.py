@@ -19,8 +19,7 @@ import os
 import numpy as np
 
 from ctl_jax.serving import catalogue as catalogue_lib
-from ctl_jax.serving import ranker
-from ctl_jax.serving import html_report
+from ctl_jax.serving import html_report, ranker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,25 +91,25 @@ def check_k(cat: catalogue_lib.Catalogue, categories: list[str], k: int, explici
       raise ValueError(f"-k {k} but category {c!r} has only {n} products in {cat.root}")
 
 
-def scene_flow(scene_model, cat: catalogue_lib.Catalogue, image_path: str,
+def scene_flow(predictor, cat: catalogue_lib.Catalogue, image_path: str,
                categories: list[str] | None, k: int, quota: int = 0,
                chunk_rows: int | None = None):
   """(ranked items, {category: attention [h, w]}) of one scene image."""
   if cat.manifest["kind"] != "scene_hybrid":
     raise catalogue_lib.ManifestMismatch(f"{cat.root} holds {cat.manifest['kind']} embeddings; "
                                          "a scene query needs the scene model's export")
-  cat.check_model(scene_model.step, scene_model.fingerprint)
+  cat.check_model(predictor.step, predictor.fingerprint)
   explicit = bool(categories)
   for c in categories or []:
-    if c not in scene_model.categories:
+    if c not in predictor.categories:
       raise KeyError(f"unknown category {c!r}; valid categories: "
-                     f"{', '.join(scene_model.categories)}")
+                     f"{', '.join(predictor.categories)}")
   categories = categories or [c for c in cat.categories
                               if cat.manifest["categories"][c]["count"] > 0]
   check_k(cat, categories, k, explicit)
-  image = load_model_input(image_path, scene_model.config)
-  ids = [scene_model.categories.index(c) for c in categories]
-  queries, consts, attention = scene_model.scene(image, ids)
+  image = load_model_input(image_path, predictor.config)
+  ids = [predictor.categories.index(c) for c in categories]
+  queries, consts, attention = predictor.scene(image, ids)
   lists = {c: rank_category(cat, c, queries[j], consts[j],
                             min(k, cat.manifest["categories"][c]["count"]), chunk_rows)
            for j, c in enumerate(categories)}
@@ -125,13 +124,9 @@ def scene_flow(scene_model, cat: catalogue_lib.Catalogue, image_path: str,
 def product_flow(config, workdir: str, cat: catalogue_lib.Catalogue, image_path: str, k: int,
                  categories: list[str] | None = None, max_categories: int = 4):
   """(ranked items, predicted category, complementary categories with weights) of a product."""
-  try:
-    from ctl_jax.serving import product_predictor
-  except ImportError as e:
-    raise ValueError("--product needs a product-task model and ctl_jax/product_predictor.py (the "
-                     "product-based task); this build has only the scene task") from e
+  from ctl_jax.serving import product_predictor  # restores checkpoints: imported when needed
   html_report.open_image(image_path)  # a clear error before any model work
-  predictor = product_predictor.ProductPredictor(config, workdir)
+  predictor = product_predictor.restore_product_predictor(workdir, config)
   if cat.manifest["kind"] != "style_l2":
     raise catalogue_lib.ManifestMismatch(f"{cat.root} holds {cat.manifest['kind']} embeddings; "
                                          "a product query needs the product model's export")
@@ -170,6 +165,7 @@ def product_items(cat: catalogue_lib.Catalogue, style: np.ndarray, weights: dict
 def load_model_input(path: str, config) -> np.ndarray:
   """[S, S, 3] model input of an image file, preprocessed as in training."""
   import tensorflow as tf
+
   from input_pipeline import preprocess
   html_report.open_image(path)  # names the file when it is missing or not an image
   return preprocess.load_image(tf.constant(path), tf.constant(preprocess.FULL_IMAGE, tf.float32),
@@ -195,23 +191,23 @@ def write_report(out: str, title: str, image_path: str, items: list[Item],
 def recommend(workdir: str, *, scene: str | None = None, product: str | None = None,
               categories: list[str] | None = None, k: int = 10, quota: int = 0,
               embeddings: str | None = None, out: str | None = None, config=None,
-              scene_model=None) -> dict:
-  """The whole command: rank, print, write the html_report. Returns the items and report paths.
+              predictor=None) -> dict:
+  """The whole command: rank, print, write the report. Returns the items and report paths.
 
   Args:
-    scene_model: an already restored `scene_predictor.SceneModel` of `workdir` (default: restore it).
+    predictor: an already restored `ScenePredictor` of `workdir` (default: restore it).
   """
   if (scene is None) == (product is None):
     raise ValueError("pass exactly one of --scene IMG or --product IMG")
   cat = catalogue_lib.Catalogue(embeddings or os.path.join(workdir, "export"))
   out = out or os.path.join(workdir, "recommend")
-  from ctl_jax.serving import scene_predictor  # restores checkpoints: imported when a command runs
+  from ctl_jax.serving import restore, scene_predictor  # imported when a command runs
   if scene is not None:
-    scene_model = scene_model or scene_predictor.restore_scene_model(workdir, config)
-    items, attention = scene_flow(scene_model, cat, scene, categories, k, quota)
+    predictor = predictor or scene_predictor.restore_scene_predictor(workdir, config)
+    items, attention = scene_flow(predictor, cat, scene, categories, k, quota)
     title, query = f"Complete the look: {os.path.basename(scene)}", scene
   else:
-    config = config or scene_predictor.config_from_meta(scene_predictor.open_checkpoint(workdir)[2])
+    config = config or restore.config_from_meta(restore.open_checkpoint(workdir)[2])
     items, predicted, weights = product_flow(config, workdir, cat, product, k, categories)
     print(f"predicted category: {predicted}; complementary: "
           + ", ".join(f"{c} ({w:.2f})" for c, w in weights.items()))

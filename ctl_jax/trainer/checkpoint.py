@@ -25,7 +25,8 @@ import logging
 import os
 import shutil
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.serialization
 import jax

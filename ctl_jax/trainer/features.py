@@ -1,6 +1,6 @@
 """Frozen-backbone feature extraction into the on-disk cache (see input_pipeline/feature_cache.py).
 
-Each unique image the task needs (its `cache_items`, {kind: (keys, paths, crops)}: for the scene
+Each unique image a task needs (its `cache_items`, {kind: (keys, paths, crops)}: for the scene
 task every product and every (scene, crop) of the train and test pairs, for the product task every
 item crop) is run through the backbone once; kinds in the task's `region_kinds` also keep the
 region map. Shards are assigned round-robin to processes and each
@@ -15,16 +15,18 @@ import functools
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
 from ctl_jax.trainer import sharding
-from input_pipeline import feature_cache
-from input_pipeline.scene import pipeline as scene_pipeline
+from input_pipeline import batching, feature_cache
 
 
 def weights_hash(variables) -> str:
@@ -40,7 +42,8 @@ def backbone_variables(state) -> dict:
                          "batch_stats": {"backbone": state.batch_stats["backbone"]}})
 
 
-def cache_root(config, workdir: str, state, items) -> tuple[Path, feature_cache.Manifest]:
+def cache_root(config: ml_collections.ConfigDict, workdir: str, state,
+               items: dict) -> tuple[Path, feature_cache.Manifest]:
   """Folder and manifest of the cache for this backbone, preprocessing and dataset."""
   if not config.model.freeze_backbone:
     raise ValueError("data.source='features' needs model.freeze_backbone=True: a trained "
@@ -57,23 +60,25 @@ def cache_root(config, workdir: str, state, items) -> tuple[Path, feature_cache.
   return base / fp, manifest
 
 
-def extract_features(run, state) -> feature_cache.FeatureCache:
-  """Fills the cache for `run` (skipping finished shards) and returns it for reading."""
-  config = run.config
-  items = run.task.cache_items(run.data)
-  root, manifest = cache_root(config, run.workdir, state, items)
+def extract_features(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, state,
+                     items: dict, *, region_kinds: Sequence[str]) -> feature_cache.FeatureCache:
+  """Fills the cache of `items` (a task's `cache_items`) with the backbone of `model` at
+  `state`, skipping finished shards, and returns it for reading.
+
+  Kinds in `region_kinds` also keep the region map."""
+  root, manifest = cache_root(config, workdir, state, items)
   todo = [(kind, s) for kind in items for s in range(manifest.num_shards(kind))
           if s % jax.process_count() == jax.process_index()
           and not feature_cache.is_complete(root, kind, s)]
   if todo:
-    _extract_shards(run, state, items, root, manifest, todo)
+    _extract_shards(config, model, state, items, root, manifest, todo, region_kinds)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"feature cache {manifest.fingerprint}")
   return feature_cache.FeatureCache(root)
 
 
 @functools.lru_cache(maxsize=8)
-def backbone_forward(model, mesh):
+def backbone_forward(model: nn.Module, mesh: jax.sharding.Mesh):
   """The jitted backbone pass of extraction: batch split over `mesh`, features gathered.
 
   Cached per (model, mesh), so repeated extractions in one process compile once."""
@@ -82,13 +87,13 @@ def backbone_forward(model, mesh):
                  out_shardings=sharding.replicated(mesh))
 
 
-def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
-  config = run.config
+def _extract_shards(config, model, state, items, root: Path, manifest, todo,
+                    region_kinds) -> None:
   if jax.process_index() == 0 or not (root / feature_cache.INDEX).exists():
     feature_cache.write_index(root, manifest)
   mesh = sharding.make_mesh(jax.local_devices())  # each process runs its own shards
   variables = jax.device_put(backbone_variables(state), sharding.replicated(mesh))
-  forward = backbone_forward(run.model, mesh)
+  forward = backbone_forward(model, mesh)
   batch = config.features.batch_size
   sharding.global_batch_size_check(batch, mesh)
   size = manifest.shard_size
@@ -99,7 +104,7 @@ def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
     for kind, shard in todo:
       _, images, crops = items[kind]
       lo, hi = shard * size, min((shard + 1) * size, len(images))
-      data = scene_pipeline.eval_images(
+      data = batching.eval_images(
           images[lo:hi], None if crops is None else crops[lo:hi], {}, global_batch=batch,
           image_size=config.input.image_size, normalization=config.input.normalization)
       writer = feature_cache.ShardWriter(root, kind, shard, hi - lo)
@@ -107,7 +112,7 @@ def _extract_shards(run, state, items, root: Path, manifest, todo) -> None:
         out = forward(variables, jax.device_put(b["image"], sharding.batch_sharded(mesh)))
         real = int(b["_mask"].sum())  # padding rows come last
         writer.append("global", np.asarray(out["global"][:real], np.float16))
-        if kind in run.task.region_kinds:
+        if kind in region_kinds:
           writer.append("regions", np.asarray(out["regions"][:real], np.float16))
         bar.update(real)
       writer.commit()

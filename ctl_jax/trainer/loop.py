@@ -1,6 +1,6 @@
 """The trainer: one loop for every task, with sharded jitted steps, checkpoints, logging and a
 final evaluation. What differs between tasks (data, model, step, batches, evaluation) comes from
-the task object chosen by `config.task` (see scene_task.py).
+the task chosen by `config.task` (the interface is `ctl_jax/task.py`).
 
 Fault tolerance, for pods and preemptible machines:
 - resume: a run starts from the newest good checkpoint of its workdir; the input position and
@@ -17,29 +17,31 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
+import optax
 
-from ctl_jax.trainer import checkpoint
-from ctl_jax.trainer import cluster
-from ctl_jax.scene import evaluation as scene_eval
-from ctl_jax.trainer import features
-from ctl_jax.trainer import nonfinite
-from ctl_jax.trainer import preemption
+from ctl_jax import task as task_lib
 from ctl_jax.nn import keras_weights
-from ctl_jax.product import task as product_task
-from ctl_jax.trainer import run_log
-from ctl_jax.scene import task as scene_task
-from ctl_jax.trainer import sharding
-from ctl_jax.trainer import state as train_state
-from input_pipeline import feature_cache
+from ctl_jax.trainer import (
+  checkpoint,
+  cluster,
+  config_fields,
+  features,
+  nonfinite,
+  optimizer,
+  preemption,
+  run_log,
+  sharding,
+)
+from ctl_jax.trainer.state import TrainState, create_train_state
+from input_pipeline.feature_cache import FeatureCache
 
-TASKS = {"scene": scene_task.SceneTask, "product": product_task.ProductTask}
 # Config fields every task's checkpoints depend on (each task adds its `checkpoint_fields`).
 CHECKPOINT_FIELDS = ("task",)
-DROPS_FILE = "dropped_records.jsonl"  # one JSON object per record the reader skipped
 
 
 @dataclasses.dataclass
@@ -48,43 +50,49 @@ class Run:
 
   config: ml_collections.ConfigDict
   workdir: str
-  task: object  # one of TASKS
-  data: object  # what task.load_data returns
-  model: object
+  task: task_lib.Task
+  data: task_lib.TaskData
+  record: dict  # the task's checkpoint_meta of the data (categories, ...)
+  model: nn.Module
   mesh: jax.sharding.Mesh
-  tx: object
-  schedule: object
+  tx: optax.GradientTransformation
+  schedule: Callable
   checkpointer: checkpoint.Checkpointer
   stopped_by: str | None = None  # the signal that ended the last `train` early, if any
 
-  def fresh_state(self) -> train_state.TrainState:
+  def fresh_state(self) -> TrainState:
     """The initial state (seeded; with the user's backbone weights if configured)."""
-    return train_state.create_train_state(
-        self.model, self.tx, jax.random.PRNGKey(self.config.seed), self.config.input.image_size,
-        self.mesh, initial_variables=initial_backbone_variables(self.config, self.model))
+    c = self.config
+    return create_train_state(
+        self.model, self.tx, jax.random.PRNGKey(c.seed), c.input.image_size, self.mesh,
+        initial_variables=keras_weights.initial_backbone_variables(c.model, c.input, self.model))
 
-  def feature_cache(self, state) -> feature_cache.FeatureCache | None:
+  def feature_cache(self, state: TrainState) -> FeatureCache | None:
     """The cache of backbone features when `data.source='features'` (extracted on first use)."""
-    if self.config.data.source == "images":
+    source = self.config.data.source
+    if source == "images":
       return None
-    if self.config.data.source != "features":
-      raise ValueError(f"data.source={self.config.data.source!r}; choose 'images' or 'features'")
-    return features.extract_features(self, state)
+    if source != "features":
+      raise ValueError(f"data.source={source!r}; choose 'images' or 'features'")
+    return features.extract_features(
+        self.config, self.workdir, self.model, state, self.task.cache_items(self.data),
+        region_kinds=self.task.region_kinds)
 
   def meta(self) -> dict:
-    return {"config": config_dict(self.config), "categories": self.task.categories(self.data),
-            **self.task.checkpoint_meta(self.data)}
+    """The record saved with every checkpoint."""
+    return {"config": config_fields.config_dict(self.config), **self.record}
 
   def check_compatible(self, step: int, meta: dict) -> None:
     """Raises IncompatibleCheckpointError if checkpoint `step` (its record `meta`) was written
     by a run whose state this config cannot continue; logs other changed settings."""
     where = f"checkpoint step {step} in {self.checkpointer.directory}"
-    categories = self.task.categories(self.data)
+    categories = self.record["categories"]
     if meta.get("categories") != categories:
       raise checkpoint.IncompatibleCheckpointError(
           f"{where} was trained on categories {meta.get('categories')}, the data has {categories}")
     fields = CHECKPOINT_FIELDS + tuple(self.task.checkpoint_fields)
-    changed = config_differences(meta.get("config", {}), config_dict(self.config))
+    changed = config_fields.config_differences(meta.get("config", {}),
+                                               config_fields.config_dict(self.config))
     incompatible = {k: v for k, v in changed.items() if k in fields}
     if incompatible:
       raise checkpoint.IncompatibleCheckpointError(
@@ -97,7 +105,7 @@ class Run:
       logging.info("resuming with changed settings (checkpoint -> now): %s",
                    ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
 
-  def restore_or_init(self) -> train_state.TrainState:
+  def restore_or_init(self) -> TrainState:
     """Newest good checkpoint of the workdir if any (see checkpoint.py), else a fresh state."""
     state = self.fresh_state()
     found = self.checkpointer.restore_latest_good(state, validate=self.check_compatible)
@@ -108,81 +116,30 @@ class Run:
     return state
 
 
-def config_dict(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON values (what checkpoints record)."""
-  return json.loads(config.to_json_best_effort())
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
-
-
-def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
-  """{dotted field: (saved value, current value)} of every field that differs (or is missing
-  on one side: None)."""
-  a, b = _flatten(saved), _flatten(current)
-  return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
-
-
-def initial_backbone_variables(config, model) -> dict | None:
-  """Backbone variables from the Keras file `model.backbone_weights`, or None (random init)."""
-  path = config.model.backbone_weights
-  if not path:
-    return None
-  if config.model.backbone != "resnet50":
-    raise ValueError(f"model.backbone_weights is a Keras ResNet-50 file; model.backbone is "
-                     f"{config.model.backbone!r}")
-  if config.input.normalization != "caffe":
-    raise ValueError("Keras ImageNet weights expect input.normalization='caffe' (BGR, mean "
-                     f"subtracted), not {config.input.normalization!r}")
-  template = jax.eval_shape(
-      lambda: model.backbone.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
-  variables = keras_weights.load_keras_resnet(path, dict(template))
-  logging.info("backbone weights from %s", path)
-  return {"params": {"backbone": variables["params"]},
-          "batch_stats": {"backbone": variables["batch_stats"]}}
-
-
-def write_drop_report(data, workdir: str) -> None:
-  """Every record the reader dropped (lenient mode) to workdir/dropped_records.jsonl."""
-  drops = getattr(data, "drops", None)  # the task's DropReport, if its data has one
-  if drops is None or jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, DROPS_FILE)
-  drops.write(path)
-  if len(drops):
-    logging.warning("%s; each one is listed in %s", drops.summary(), path)
-
-
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks the config against its task, reads the data and builds the model and optimizer."""
+  task = task_lib.get_task(config.task)
+  config_fields.check_fields(config, task.name, task.config_base)
   os.makedirs(workdir, exist_ok=True)
-  if config.task not in TASKS:
-    raise ValueError(f"task={config.task!r}; choose from {list(TASKS)}")
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
                                  max_to_keep=config.train.max_checkpoints_to_keep)
   for line in run_log.describe_outputs(config, workdir, ckpt.directory):
     logging.info("%s", line)
   if cluster.is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_dict(config), f, indent=2)
-  task = TASKS[config.task]()
+      json.dump(config_fields.config_dict(config), f, indent=2)
   data = task.load_data(config)
-  write_drop_report(data, workdir)
+  run_log.write_drop_report(data.drops, workdir)
   mesh = sharding.make_mesh()
   sharding.global_batch_size_check(config.input.batch_size, mesh)
-  model = task.create_model(config, data)
-  tx, schedule = train_state.make_optimizer(config.optimizer, config.train.num_steps)
+  record = task.checkpoint_meta(data)
+  model = task.create_model(config, record)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.num_steps)
   logging.info("data %s: %s", config.data.root, data.summary())
-  return Run(config, workdir, task, data, model, mesh, tx, schedule, ckpt)
+  return Run(config, workdir, task, data, record, model, mesh, tx, schedule, ckpt)
 
 
-def make_train_step(run: Run, state: train_state.TrainState):
+def make_train_step(run: Run, state: TrainState) -> Callable:
   """The task's step, guarded against non-finite values (see nonfinite.py), jitted once: state
   replicated, batch on `data`, state buffers donated."""
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
@@ -192,17 +149,7 @@ def make_train_step(run: Run, state: train_state.TrainState):
                  out_shardings=(state_sharding, sharding.replicated(run.mesh)), donate_argnums=0)
 
 
-def train_batches(run: Run, start_step: int, cache: feature_cache.FeatureCache | None):
-  """The task's host batches from `start_step` on (from the feature cache when given)."""
-  return run.task.train_batches(run, start_step, cache)
-
-
-def step_inputs(run: Run, host_batch: dict) -> dict:
-  """The part of a host batch the jitted step reads."""
-  return {k: v for k, v in host_batch.items() if k in run.task.step_inputs}
-
-
-def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainState:
+def train(run: Run, stop_after_step: int | None = None) -> TrainState:
   """Trains from the latest good checkpoint (or scratch) to `train.num_steps`; saves as it goes.
 
   Nothing waits for the device between log steps and saves. A SIGTERM/SIGINT ends the loop
@@ -222,12 +169,15 @@ def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainStat
                  c.train.num_steps)
     return state
   step_fn = make_train_step(run, state)
-  batches = sharding.prefetch_to_device(train_batches(run, start, run.feature_cache(state)),
-                                       run.mesh, size=c.input.prefetch,
-                                       keys=run.task.step_inputs)
+  host_batches = run.task.train_batches(c, run.data, start, run.feature_cache(state))
+  batches = sharding.prefetch_to_device(host_batches, run.mesh, size=c.input.prefetch,
+                                        keys=run.task.step_inputs)
   meta = run.meta()
-  monitor = nonfinite.Monitor(run, c.train.on_nonfinite, c.train.max_skipped_steps)
-  report = run_log.TrainReport(c, run.workdir, start)
+  monitor = nonfinite.Monitor(
+      c.train.on_nonfinite, c.train.max_skipped_steps, workdir=run.workdir,
+      id_keys=run.task.id_keys, signatures=lambda ids: run.task.signatures(run.data, ids),
+      last_good_step=run.checkpointer.latest_step)
+  report = run_log.TrainReport(c, run.workdir, start, unit=run.task.example_unit)
   logging.info("training steps %d..%d of %d", start + 1, last, c.train.num_steps)
   try:
     with preemption.StopRequests() as stop_requests:
@@ -258,17 +208,18 @@ def train(run: Run, stop_after_step: int | None = None) -> train_state.TrainStat
   return state
 
 
-def run_evaluation(run: Run, state: train_state.TrainState) -> dict:
+def run_evaluation(run: Run, state: TrainState) -> dict:
   """Evaluates `state` and the baselines; process 0 writes eval_metrics.json, TensorBoard
   scalars `eval/...` and prints the table."""
   untrained = run.fresh_state() if run.config.eval.baselines else None
-  results = run.task.evaluate(run, state, run.feature_cache(state), untrained_state=untrained)
+  results = run.task.evaluate(run.config, run.data, run.model, run.mesh, state,
+                              run.feature_cache(state), untrained_state=untrained)
   if cluster.is_main_process():
-    path = scene_eval.write_results(results, run.workdir)
+    path = run_log.write_results(results, run.workdir)
     board = run_log.TensorBoard(run.workdir, run.config.train.tensorboard)
     board.scalars(int(jax.device_get(state.step)), results, prefix="eval/")
     board.close()
-    print(run.task.format_table(results))
+    print(run_log.format_table(results, run.task.table_columns(results)))
     print(f"wrote {path}")
   return results
 
@@ -282,14 +233,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   return run_evaluation(run, state)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  run = setup(config, workdir)
+def restore_trained(run: Run) -> TrainState:
+  """The newest good checkpoint of the run; FileNotFoundError when there is none."""
   if run.checkpointer.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint under {run.checkpointer.directory}: train first")
-  return run_evaluation(run, run.restore_or_init())
+  return run.restore_or_init()
 
 
-def extract_features(config: ml_collections.ConfigDict, workdir: str):
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the newest good checkpoint of `workdir` (`run.py evaluate`)."""
+  run = setup(config, workdir)
+  return run_evaluation(run, restore_trained(run))
+
+
+def extract_features(config: ml_collections.ConfigDict, workdir: str) -> FeatureCache:
   """Fills the feature cache of `config` (resumable) and returns it."""
   with config.unlocked():
     config.data.source = "features"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,14 +63,25 @@ def guard(step_fn: Callable, mode: str) -> Callable:
 class Monitor:
   """Collects each step's `finite` flag (on device) and the ids of its batch until `check`."""
 
-  def __init__(self, run, mode: str, max_skipped: int):
-    self.run, self.mode, self.max_skipped = run, mode, max_skipped
+  def __init__(self, mode: str, max_skipped: int, *, workdir: str, id_keys: Sequence[str],
+               signatures: Callable[[dict], dict[str, list[str]]],
+               last_good_step: Callable[[], int | None]):
+    """
+    Args:
+      mode, max_skipped: `train.on_nonfinite` and `train.max_skipped_steps`.
+      workdir: where the report file goes.
+      id_keys: the host-batch entries that name a row's images.
+      signatures: image signatures of the rows named by a dict of `id_keys` arrays.
+      last_good_step: the newest saved step (named in the error of 'stop' mode).
+    """
+    self.mode, self.max_skipped = mode, max_skipped
+    self.id_keys, self.signatures, self.last_good_step = tuple(id_keys), signatures, last_good_step
     self.skipped = 0
     self._pending: list[tuple[int, jax.Array, dict]] = []
-    self._report_path = os.path.join(run.workdir, REPORT_FILE)
+    self._report_path = os.path.join(workdir, REPORT_FILE)
 
   def record(self, step: int, metrics: dict, host_batch: dict) -> None:
-    ids = {k: host_batch[k] for k in self.run.task.id_keys}
+    ids = {k: host_batch[k] for k in self.id_keys}
     self._pending.append((step, metrics["finite"], ids))
 
   def check(self) -> None:
@@ -89,7 +100,7 @@ class Monitor:
       raise NonFiniteError(
           f"non-finite loss or parameters at step {step} (see the batch signatures above and in "
           f"{self._report_path}); not saved: the last checkpoint, "
-          f"step {self.run.checkpointer.latest_step()}, is the last good state. Rerunning "
+          f"step {self.last_good_step()}, is the last good state. Rerunning "
           f"resumes there and meets the same batches: lower the learning rate, clip gradients "
           f"(optimizer.grad_clip_norm) or set train.on_nonfinite='skip'.")
     for step, ids in bad:
@@ -104,7 +115,7 @@ class Monitor:
     if jax.process_count() > 1:  # the whole global batch, in batch order
       ids = {k: np.asarray(v) for k, v in
              multihost_utils.process_allgather(ids, tiled=True).items()}
-    signatures = self.run.task.signatures(self.run.data, ids)
+    signatures = self.signatures(ids)
     action = "update skipped" if self.mode == "skip" else "run stops"
     logging.error("non-finite loss or parameters at step %d (%s); the batch's images: %s", step,
                   action, "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in signatures.items()))

@@ -37,7 +37,7 @@ class StopRequests:
     self._previous: dict[int, object] = {}
     self._distributed = _distributed()
 
-  def __enter__(self) -> "StopRequests":
+  def __enter__(self) -> StopRequests:
     if threading.current_thread() is not threading.main_thread():
       logging.warning("training outside the main thread: SIGTERM/SIGINT will not save a checkpoint")
       return self

@@ -1,6 +1,7 @@
-"""What a training run tells its user, all from process 0: the opening lines (where everything
-goes, which hosts and devices), a progress bar with step rate and ETA, one log line and one
-`metrics.jsonl` object per logged step, and TensorBoard scalars."""
+"""What a run tells its user, all from process 0: the opening lines (where everything goes,
+which hosts and devices), a progress bar with step rate and ETA, one log line and one
+`metrics.jsonl` object per logged step, TensorBoard scalars, the dropped-records file, and the
+evaluation's table and eval_metrics.json."""
 
 from __future__ import annotations
 
@@ -11,26 +12,31 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import tqdm
 
 from ctl_jax.trainer import cluster
+from input_pipeline.readers.drops import DropReport
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+RESULTS_FILE = "eval_metrics.json"
+DROPS_FILE = "dropped_records.jsonl"  # one JSON object per record the readers skipped
 
 
 def describe_outputs(config, workdir: str, checkpoint_dir: str) -> list[str]:
   """The opening lines of a run: where it writes, and what it runs on."""
   t = config.train
+  board = os.path.join(os.path.abspath(workdir), TENSORBOARD_DIR)
   return [
       f"workdir {os.path.abspath(workdir)} (config.json, eval_metrics.json)",
       f"checkpoints {checkpoint_dir} (every {t.checkpoint_every_steps} steps and at the end, "
       f"keep {t.max_checkpoints_to_keep}, asynchronous)",
       f"metrics {os.path.join(os.path.abspath(workdir), METRICS_FILE)} "
       f"(every {t.log_every_steps} steps)",
-      "TensorBoard " + (f"tensorboard --logdir {os.path.join(os.path.abspath(workdir), TENSORBOARD_DIR)}"
-                        if t.tensorboard else "off (train.tensorboard=False)"),
+      "TensorBoard " + (f"tensorboard --logdir {board}" if t.tensorboard
+                        else "off (train.tensorboard=False)"),
       cluster.describe_topology(),
   ]
 
@@ -100,9 +106,10 @@ def _eta(seconds: float) -> str:
 class TrainReport:
   """Progress bar, log lines, metrics.jsonl and TensorBoard for one call of the training loop."""
 
-  def __init__(self, config, workdir: str, start_step: int):
+  def __init__(self, config, workdir: str, start_step: int, unit: str = "examples"):
     self.num_steps = config.train.num_steps
     self.batch_size = config.input.batch_size
+    self.unit = unit  # what one row of a batch is: "triplets" (scene), "tuples" (product)
     self.metrics = MetricsLog(workdir)
     self.metrics.drop_after(start_step)
     self.tensorboard = TensorBoard(workdir, config.train.tensorboard)
@@ -120,20 +127,51 @@ class TrainReport:
     now = time.perf_counter()
     t0, s0 = self._window
     steps_per_second = (step - s0) / max(now - t0, 1e-9)
+    rate = f"{self.unit}_per_second"
     values = {**values, "steps_per_second": steps_per_second,
-              "triplets_per_second": steps_per_second * self.batch_size}
+              rate: steps_per_second * self.batch_size}
     self._window = (now, step)
     self.metrics.write(step, values)
     self.tensorboard.scalars(step, values, prefix="train/")
     loss = values.get("loss")
     self.bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "nan", refresh=False)
-    logging.info("step %d/%d (%.0f%%) loss %s | %.2f steps/s, %.1f triplets/s | ETA %s", step,
+    logging.info("step %d/%d (%.0f%%) loss %s | %.2f steps/s, %.1f %s/s | ETA %s", step,
                  self.num_steps, 100 * step / self.num_steps,
                  "nan" if loss is None or not math.isfinite(loss) else f"{loss:.4f}",
-                 steps_per_second, values["triplets_per_second"],
+                 steps_per_second, values[rate], self.unit,
                  _eta((self.num_steps - step) / steps_per_second if steps_per_second else math.inf))
     return values
 
   def close(self) -> None:
     self.bar.close()
     self.tensorboard.close()
+
+
+def format_table(results: dict, columns: Sequence[str]) -> str:
+  """A fixed-width table of `columns`: the model, then each baseline, one row each."""
+  width = max([16] + [len(k) + 1 for k in columns])
+  rows = [("model", results)] + list(results.get("baselines", {}).items())
+  header = f"{'method':<12}" + "".join(f"{k:>{width}}" for k in columns)
+  lines = [header, "-" * len(header)]
+  for name, values in rows:
+    lines.append(f"{name:<12}" + "".join(f"{values.get(k, float('nan')):>{width}.4f}"
+                                         for k in columns))
+  return "\n".join(lines)
+
+
+def write_results(results: dict, workdir: str) -> str:
+  """workdir/eval_metrics.json; returns its path."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2)
+  return path
+
+
+def write_drop_report(drops: DropReport | None, workdir: str) -> None:
+  """Every record the readers dropped (lenient mode) to workdir/dropped_records.jsonl."""
+  if drops is None or not cluster.is_main_process():
+    return
+  path = os.path.join(workdir, DROPS_FILE)
+  drops.write(path)
+  if len(drops):
+    logging.warning("%s; each one is listed in %s", drops.summary(), path)

@@ -1,20 +1,20 @@
-"""Model construction, optimizer and the train state, born sharded on the mesh."""
+"""The train state, born sharded on the mesh, and the one update every task's step ends with."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from ctl_jax.nn import backbones
-from ctl_jax.scene import model as scene_model
 from ctl_jax.trainer import sharding
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# A task's training loss: loss_fn(params, state, batch) -> (loss, (new batch_stats, metrics)).
+LossFn = Callable[[Any, "TrainState", dict], tuple[jax.Array, tuple[Any, dict]]]
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -33,48 +33,6 @@ class TrainState(flax.struct.PyTreeNode):
     return {"params": {**self.frozen_params, **params}, "batch_stats": self.batch_stats}
 
 
-def create_model(model_config: ml_collections.ConfigDict, num_categories: int) -> scene_model.CTLModel:
-  dtype = DTYPES[model_config.dtype]
-  heads = scene_model.SceneHeads(
-      num_categories=num_categories, embed_dim=model_config.embed_dim,
-      global_hidden=model_config.global_hidden, local_hidden=model_config.local_hidden,
-      attention_hidden=model_config.attention_hidden, dropout=model_config.dropout, dtype=dtype)
-  return scene_model.CTLModel(backbone=backbones.BACKBONES[model_config.backbone](dtype), heads=heads,
-                         freeze_backbone=model_config.freeze_backbone)
-
-
-def _constant(c, num_steps):
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps),
-       optax.constant_schedule(c.learning_rate)], [c.warmup_steps])
-
-
-def _cosine(c, num_steps):
-  return optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, c.warmup_steps,
-                                            max(num_steps, c.warmup_steps + 1))
-
-
-SCHEDULES: dict[str, Callable] = {"constant": _constant, "cosine": _cosine}
-OPTIMIZERS: dict[str, Callable] = {
-    "adam": lambda c, lr: optax.adam(lr),
-    "adamw": lambda c, lr: optax.adamw(lr, weight_decay=c.weight_decay),
-    "sgd": lambda c, lr: optax.sgd(lr, momentum=c.momentum),
-}
-
-
-def make_optimizer(opt_config: ml_collections.ConfigDict, num_steps: int):
-  """(optax transformation, learning-rate schedule) from the `optimizer` config section."""
-  if opt_config.schedule not in SCHEDULES:
-    raise ValueError(f"optimizer.schedule={opt_config.schedule!r}; choose from {list(SCHEDULES)}")
-  if opt_config.name not in OPTIMIZERS:
-    raise ValueError(f"optimizer.name={opt_config.name!r}; choose from {list(OPTIMIZERS)}")
-  schedule = SCHEDULES[opt_config.schedule](opt_config, num_steps)
-  tx = OPTIMIZERS[opt_config.name](opt_config, schedule)
-  if opt_config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
-  return tx, schedule
-
-
 def split_params(params: dict, freeze_backbone: bool) -> tuple[dict, dict]:
   """(trainable, frozen) halves of the parameter tree."""
   if not freeze_backbone:
@@ -83,7 +41,7 @@ def split_params(params: dict, freeze_backbone: bool) -> tuple[dict, dict]:
           {k: v for k, v in params.items() if k == "backbone"})
 
 
-def create_train_state(model: scene_model.CTLModel, tx: optax.GradientTransformation, rng: jax.Array,
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                        image_size: int, mesh, initial_variables: dict | None = None) -> TrainState:
   """A replicated TrainState, created directly with its sharding (no host copy of the params).
 
@@ -109,6 +67,23 @@ def create_train_state(model: scene_model.CTLModel, tx: optax.GradientTransforma
   abstract = jax.eval_shape(init, init_rng, initial_variables)
   shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
   return jax.jit(init, out_shardings=shardings)(init_rng, initial_variables)
+
+
+def gradient_step(loss_fn: LossFn, state: TrainState, batch: dict,
+                  schedule: Callable) -> tuple[TrainState, dict]:
+  """One optimizer step of `loss_fn` on `batch`: the new state and the scalar metrics.
+
+  The metrics are the loss function's own plus `loss`, the global norms of the gradients and
+  of the parameters, and the learning rate of this step.
+  """
+  (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state, batch)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, **aux, "l2_grads": optax.global_norm(grads),
+             "l2_params": optax.global_norm(params), "learning_rate": schedule(state.step)}
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state), metrics
 
 
 def abstract_state(state: TrainState):

@@ -1,7 +1,7 @@
 """tf.data pipelines of the product-based task: training tuples as item crops or cached features.
 
-Host sharding and resumption are those of `scene_pipeline.triplet_index_batches`: step t of any run is
-the same global batch, and each process reads its own block of it.
+Host sharding and resumption are those of `batching.epoch_batches`: step t of any run is the
+same global batch, and each process reads its own block of it.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline.scene import pipeline as scene_pipeline
 from input_pipeline import preprocess
+from input_pipeline.batching import Batch, dataset_options, epoch_batches, local_batch_size
 from input_pipeline.feature_cache import FeatureCache
-from input_pipeline.product.dataset import ProductTripletSampler
+from input_pipeline.product.sampler import ProductTripletSampler
 
-Batch = dict[str, np.ndarray]
 ROLES = ("anchor", "positive", "negative")
 
 
-def _index_spec(sampler: ProductTripletSampler, local: int) -> dict:
+def _index_spec(sampler: ProductTripletSampler, local: int) -> dict[str, tf.TensorSpec]:
   n = sampler.num_negatives
   spec = {f"{role}_{field}": tf.TensorSpec([local, n] if role == "negative" else [local],
                                            tf.int32)
@@ -30,9 +29,9 @@ def _index_spec(sampler: ProductTripletSampler, local: int) -> dict:
   return spec
 
 
-def _index_batches(sampler, global_batch, start_step, process_index, process_count):
-  for rows in scene_pipeline.triplet_index_batches(sampler, global_batch, start_step, process_index,
-                                             process_count):
+def _index_batches(sampler: ProductTripletSampler, global_batch: int, start_step: int,
+                   process_index: int, process_count: int) -> Iterator[Batch]:
+  for rows in epoch_batches(sampler, global_batch, start_step, process_index, process_count):
     yield {k: v.astype(np.int32) for k, v in rows.items()}
 
 
@@ -47,7 +46,7 @@ def train_images(sampler: ProductTripletSampler, paths: list[str], crops: np.nda
     paths, crops: the collage file and normalised (left, top, right, bottom) crop of every
       training item (indexed by the sampler's item ids).
   """
-  local = scene_pipeline.local_batch_size(global_batch, process_count)
+  local = local_batch_size(global_batch, process_count)
   num_neg = sampler.num_negatives
   files = tf.constant(paths)
   boxes = tf.constant(crops, tf.float32)
@@ -66,7 +65,7 @@ def train_images(sampler: ProductTripletSampler, paths: list[str], crops: np.nda
       output_signature=_index_spec(sampler, local))
   ds = ds.unbatch().map(load_row, num_parallel_calls=num_parallel_calls, deterministic=True)
   ds = ds.batch(local, drop_remainder=True).prefetch(prefetch)
-  return ds.with_options(scene_pipeline._dataset_options()).as_numpy_iterator()
+  return ds.with_options(dataset_options()).as_numpy_iterator()
 
 
 def train_features(sampler: ProductTripletSampler, cache: FeatureCache, item_rows: np.ndarray, *,
@@ -78,8 +77,8 @@ def train_features(sampler: ProductTripletSampler, cache: FeatureCache, item_row
   Args:
     item_rows: [num_training_items] cache row of each training item.
   """
-  local = scene_pipeline.local_batch_size(global_batch, process_count)
-  g = cache.gather("items", "global", np.zeros(1, np.int64)).shape[-1]
+  local = local_batch_size(global_batch, process_count)
+  g = cache.row_shape("items", "global")[-1]
   spec = _index_spec(sampler, local)
   spec.update(anchor_global=tf.TensorSpec([local, g], tf.float16),
               positive_global=tf.TensorSpec([local, g], tf.float16),
@@ -92,4 +91,4 @@ def train_features(sampler: ProductTripletSampler, cache: FeatureCache, item_row
       yield rows
 
   ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
-  return ds.prefetch(prefetch).with_options(scene_pipeline._dataset_options()).as_numpy_iterator()
+  return ds.prefetch(prefetch).with_options(dataset_options()).as_numpy_iterator()

@@ -9,7 +9,7 @@
   the positive and the negative; an optional header line.
 - `fitb_eval.json`: a list of {"question": [item, ...], "answers": [item, ...]}, the correct
   answer first; an item is {"signature", "x", "y", "w", "h", "label"} with string values.
-Images are `<sig>.jpg`, flat or nested (see `images.py`); an item is a crop of its collage.
+Images are `<sig>.jpg`, flat or nested (see `image_folder`); an item is a crop of its collage.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import functools
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -29,14 +29,18 @@ from input_pipeline.readers.drops import DataError, DropReport, read_json_docume
 RAW_COLUMNS = ("image_signature", "bounding_x", "bounding_y", "bounding_width", "bounding_height",
                "label")
 BOX_TOLERANCE = 1e-4  # the published file has x + w = 1.00000006
+ITEM_FIELDS = ("signature", "x", "y", "w", "h", "label")
+
+Box = tuple[float, float, float, float]  # (x, y, w, h), normalised
+Item = tuple[str, Box, str]  # (signature, box, label)
 
 
-def item_key(signature: str, box) -> str:
+def item_key(signature: str, box: Sequence[float]) -> str:
   """Identity of one item: its collage and its (x, y, w, h) box at 6 decimals."""
   return signature + "@" + ",".join(f"{float(v):.6f}" for v in box)
 
 
-def box_problem(box) -> str | None:
+def box_problem(box: Sequence[float]) -> str | None:
   """None if (x, y, w, h) is a usable normalised box, else the reason."""
   if not all(math.isfinite(v) for v in box):
     return "non-finite coordinate"
@@ -49,8 +53,8 @@ def box_problem(box) -> str | None:
   return None
 
 
-def parse_item(fields: list[str], where: tuple[str, int], report: DropReport,
-               names=("signature", "x", "y", "w", "h", "label")):
+def parse_item(fields: list[str], where: tuple[str, int | None], report: DropReport,
+               names: Sequence[str] = ITEM_FIELDS) -> Item | None:
   """(signature, (x, y, w, h), label) from 6 text fields, or None after reporting why."""
   path, lineno = where
   sig, *coords, label = (f.strip() for f in fields)
@@ -82,7 +86,7 @@ def _open(path) -> list[str]:
     raise DataError(f"{path}: file not found") from None
 
 
-def read_raw(path: str | os.PathLike, report: DropReport):
+def read_raw(path: str | os.PathLike, report: DropReport) -> Iterator[tuple[int, str, Box, str]]:
   """Yields (line_number, signature, (x, y, w, h), label) of every valid row of a raw TSV."""
   lines = _open(path)
   if not lines or not lines[0].strip():
@@ -128,14 +132,11 @@ class CtlData:
   def __len__(self) -> int:
     return len(self.item_outfit)
 
-  def outfit_sizes(self) -> np.ndarray:
-    return np.bincount(self.item_outfit, minlength=len(self.outfits))
-
   @functools.cached_property
   def _index(self) -> dict[str, int]:
     return {k: i for i, k in enumerate(self.item_keys)}
 
-  def index_of(self, signature: str, box) -> int:
+  def index_of(self, signature: str, box: Sequence[float]) -> int:
     """Item index of (signature, box); KeyError when the item is not in this split."""
     return self._index[item_key(signature, box)]
 
@@ -160,7 +161,7 @@ def read_ctl(root: str | os.PathLike, split: str = "train", *, images_dir: str =
                   images=folder, bad_images=bad_images)
 
 
-def assemble(rows: Iterable[tuple[int, str, tuple, str]], report: DropReport, *,
+def assemble(rows: Iterable[tuple[int, str, Box, str]], report: DropReport, *,
              path: str | os.PathLike, categories: list[str] | None = None,
              images: image_folder.ImageFolder | None = None,
              bad_images: Mapping[str, str] | None = None) -> CtlData:
@@ -198,7 +199,8 @@ def assemble(rows: Iterable[tuple[int, str, tuple, str]], report: DropReport, *,
       item_line=np.array([lineno for lineno, _, _, _ in kept], np.int32))
 
 
-def read_triplets(path: str | os.PathLike, report: DropReport):
+def read_triplets(path: str | os.PathLike,
+                  report: DropReport) -> Iterator[tuple[int, Item, Item, Item]]:
   """Yields (line_number, anchor, positive, negative) items of a triplet TSV; each item is
   (signature, (x, y, w, h), label)."""
   for lineno, line in enumerate(_open(path), start=1):
@@ -213,7 +215,7 @@ def read_triplets(path: str | os.PathLike, report: DropReport):
       continue
     items = []
     for role, start in (("anchor", 0), ("positive", 6), ("negative", 12)):
-      names = tuple(f"{n}_{role}" for n in ("signature", "x", "y", "w", "h", "label"))
+      names = tuple(f"{n}_{role}" for n in ITEM_FIELDS)
       item = parse_item(fields[start:start + 6], (str(path), lineno), report, names)
       if item is None:
         break
@@ -245,9 +247,8 @@ def read_fitb(path: str | os.PathLike, report: DropReport) -> list[dict]:
     for part in ("question", "answers"):
       items = []
       for k, item in enumerate(entry[part]):
-        fields = [str(item.get(n, "")) if isinstance(item, dict) else ""
-                  for n in ("signature", "x", "y", "w", "h", "label")]
-        names = tuple(f"[{q}].{part}[{k}].{n}" for n in ("signature", "x", "y", "w", "h", "label"))
+        fields = [str(item.get(n, "")) if isinstance(item, dict) else "" for n in ITEM_FIELDS]
+        names = tuple(f"[{q}].{part}[{k}].{n}" for n in ITEM_FIELDS)
         parsed_item = parse_item(fields, where, report, names)
         if parsed_item is None:
           break

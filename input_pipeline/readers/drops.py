@@ -17,7 +17,7 @@ class DataError(ValueError):
 
 
 def read_json_document(path: str | os.PathLike, expected: type, what: str,
-                       missing_hint: str = ""):
+                       missing_hint: str = "") -> list | dict:
   """The whole-file JSON value of `path`, which must be a `expected` (list or dict).
 
   Raises DataError naming the file (and the line of a syntax error) when it is missing, empty,

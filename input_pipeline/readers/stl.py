@@ -4,7 +4,7 @@
 right, bottom]}` with the box normalised to [0, 1] from the top-left corner; `fashion-cat.json` is
 one JSON object mapping each product signature to a category path such as
 `"Apparel & Accessories|Clothing|Shirts & Tops"`. Images are `<sig>.jpg` under an image folder,
-flat or nested (see `images.py`).
+flat or nested (see `image_folder`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -84,7 +84,8 @@ def _valid_box(box) -> str | None:
   return None
 
 
-def read_pairs(path: str | os.PathLike, report: DropReport):
+def read_pairs(path: str | os.PathLike,
+               report: DropReport) -> Iterator[tuple[int, str, str, list[float]]]:
   """Yields (line_number, scene, product, box) of every valid line of fashion.json."""
   try:
     f = open(path)
@@ -103,7 +104,8 @@ def read_pairs(path: str | os.PathLike, report: DropReport):
       if not isinstance(row, dict):
         report.drop(path, lineno, "line", "not a JSON object", line)
         continue
-      bad = next((k for k in ("scene", "product") if not isinstance(row.get(k), str) or not row[k]), None)
+      bad = next((k for k in ("scene", "product")
+                  if not isinstance(row.get(k), str) or not row[k]), None)
       if bad:
         report.drop(path, lineno, bad, "missing or not a string", line)
         continue

@@ -4,10 +4,11 @@
     python -m input_pipeline.tools.tfds_build stl_fashion --manual_dir=stl-fashion --data_dir=tfds
     python -m input_pipeline.tools.tfds_build ctl_outfits --manual_dir=ctl --data_dir=tfds
 
-(`input_pipeline.tools.tfds_build` is `tfds build` with these builders imported; where the `tfds`
-command itself runs, `tfds build --imports=input_pipeline.readers.tfds_builders stl_fashion ...` is the
-same.) The manual folders are the raw layouts the folder reader takes: `fashion.json`,
-`fashion-cat.json` and `images/` for STL; `raw_train.tsv`, `raw_test.tsv` and `images/` for CTL.
+(`input_pipeline.tools.tfds_build` is `tfds build` with these builders imported; where the
+`tfds` command itself runs, `tfds build --imports=input_pipeline.readers.tfds_builders
+stl_fashion ...` is the same.) The manual folders are the raw layouts the folder reader takes:
+`fashion.json`, `fashion-cat.json` and `images/` for STL; `raw_train.tsv`, `raw_test.tsv` and
+`images/` for CTL.
 
 Examples are self-contained, one per photo:
   stl_fashion  a scene: its `scene` {signature, image} and its `products` [{signature, image,
@@ -17,7 +18,7 @@ Examples are self-contained, one per photo:
 `box` keeps the published numbers exactly (float64); `bbox` is the same box as a
 tfds.features.BBoxFeature (clipped to [0, 1]) for visualisation. Image bytes are stored as they
 were on disk (JPEG, PNG, ...; never re-encoded). Splits: STL scenes go to `test` when
-`scene_sampler.is_test_signature(scene, 0.1)`, as the folder reader splits them, so a scene never
+`splits.is_test_signature(scene, 0.1)`, as the folder reader splits them, so a scene never
 straddles splits; CTL keeps the published split of raw_train.tsv / raw_test.tsv (an outfit listed
 in both stays in train only, and the test row is reported as dropped).
 
@@ -36,15 +37,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline.readers import ctl
-from input_pipeline.readers import image_check
-from input_pipeline.readers import stl
-from input_pipeline.scene import sampler as scene_sampler
+from input_pipeline.readers import ctl, image_check, stl
 from input_pipeline.readers.drops import DataError, DropReport
+from input_pipeline.splits import is_test_signature
 
 STL_TEST_FRACTION = 0.1  # the trainer's default data.test_fraction
 DEFAULT_FILE_FORMAT = "array_record"  # random access for the trainer; tfrecord streams only
@@ -69,7 +69,7 @@ def _check_images(root: Path, paths: dict[str, str]) -> dict[str, str]:
 class _ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
   """ArrayRecord unless told otherwise, examples kept in generation order."""
 
-  def __init__(self, *, file_format=None, **kwargs):
+  def __init__(self, *, file_format: str | None = None, **kwargs: Any):
     super().__init__(file_format=file_format or DEFAULT_FILE_FORMAT, **kwargs)
 
 
@@ -118,7 +118,7 @@ class StlFashion(_ArrayRecordBuilder):
         by_scene.setdefault(scene, []).append((line, product, box))
     splits = {"train": [], "test": []}
     for scene, pairs in by_scene.items():  # scenes in order of first appearance
-      test = scene_sampler.is_test_signature(scene, STL_TEST_FRACTION)
+      test = is_test_signature(scene, STL_TEST_FRACTION)
       splits["test" if test else "train"].append((scene, pairs))
     self.info.metadata.update({
         "format": "stl", "pairs_file": str(root / stl.PAIRS_FILE),

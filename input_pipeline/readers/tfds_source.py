@@ -10,6 +10,7 @@ to its record (split, record index, position in the example), inside tf.data.
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -35,7 +36,7 @@ def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def _replay_drops(builder, strict: bool) -> DropReport:
+def _replay_drops(builder: tfds.core.DatasetBuilder, strict: bool) -> DropReport:
   """The builder's dropped records, as a DropReport (strict: the first one raises)."""
   report = DropReport(strict=strict)
   for d in builder.info.metadata.get("drops", []):
@@ -72,8 +73,8 @@ class TfdsImages:
 
 
 def load_stl(name: str, data_dir: str | None, *, strict: bool = False,
-             category_map=None, test_fraction: float | None = None
-             ) -> tuple[stl.StlData, TfdsImages, TfdsImages]:
+             category_map: Mapping[str, str] | None = None,
+             test_fraction: float | None = None) -> tuple[stl.StlData, TfdsImages, TfdsImages]:
   """(StlData, scene images, product images) of a prepared `stl_fashion` dataset."""
   builder = load_builder(name, data_dir)
   meta = builder.info.metadata

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-# The four candidate rectangles, in this order (ties go to the first).
-SIDES = ("left", "right", "above", "below")
-
 
 def complement_crops(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The largest rectangle of each scene that excludes its product box.
+
+  The candidates are the rectangles left of, right of, above and below the box, in this order;
+  of equal areas the first is kept.
 
   Args:
     boxes: [N, 4] normalised (left, top, right, bottom) product boxes.
@@ -37,13 +37,3 @@ def complement_crops(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   rows = np.arange(len(boxes))
   return candidates[rows, best], areas[rows, best]
 
-
-def pixel_window(crop: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-  """(y, x, h, w) pixels of a normalised crop, at least one pixel each way (numpy twin of
-  `preprocess.crop_window`, for tools that crop outside tf.data)."""
-  left, top, right, bottom = (float(v) for v in crop)
-  y0 = min(int(np.floor(top * height)), height - 1)
-  x0 = min(int(np.floor(left * width)), width - 1)
-  y1 = max(int(np.ceil(bottom * height)), y0 + 1)
-  x1 = max(int(np.ceil(right * width)), x0 + 1)
-  return y0, x0, min(y1, height) - y0, min(x1, width) - x0

@@ -9,10 +9,10 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import feature_cache
-from input_pipeline.readers import image_check
-from input_pipeline.readers import stl
-from input_pipeline.scene import sampler as scene_sampler
 from input_pipeline.image_source import FileImages, ImageSource
+from input_pipeline.readers import image_check, stl
+from input_pipeline.readers.drops import DropReport
+from input_pipeline.scene import sampler as scene_sampler
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class SceneDataset:
     return self.stl.categories
 
   @property
-  def drops(self):
+  def drops(self) -> DropReport:
     return self.stl.drops
 
   def _files(self, sigs: list[str]) -> list[str]:
@@ -64,7 +64,7 @@ class SceneDataset:
             f"{self.train.num_too_small + self.test.num_too_small}; {self.stl.drops.summary()}")
 
 
-def _read_folder(c: ml_collections.ConfigDict):
+def _read_folder(c: ml_collections.ConfigDict) -> tuple[stl.StlData, FileImages, FileImages]:
   """The raw folder `c.root`; with `c.check_images`, undecodable images are dropped too."""
   read = lambda bad=None: stl.read_stl(c.root, images_dir=c.images_dir, strict=c.strict,
                                        category_map=dict(c.category_map) or None,
@@ -84,8 +84,6 @@ def load_scene_dataset(data_config: ml_collections.ConfigDict) -> SceneDataset:
   """Reads the STL data (`data.tfds_name`, else the folder `data.root`) and prepares the train
   and test pairs."""
   c = data_config
-  if c.format != "stl":
-    raise ValueError(f"data.format={c.format!r}: the scene task reads STL data")
   if c.tfds_name:
     from input_pipeline.readers import tfds_source  # TFDS only when asked for
     data, scenes, products = tfds_source.load_stl(

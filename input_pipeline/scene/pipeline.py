@@ -1,9 +1,7 @@
-"""tf.data pipelines for the scene-based task: training triplets and padded evaluation batches.
+"""tf.data pipelines of the scene-based task: training triplets as images or cached features.
 
-Sharding across hosts: the global batch of step t is rows [t*G, (t+1)*G) of the epoch's order;
-process p reads rows [t*G + p*L, t*G + (p+1)*L) with L = G / process_count, which is exactly the
-block of the global batch its devices hold on the `data` axis. The global batches are therefore
-the same for any number of processes, and any step can be resumed by recomputing its epoch.
+Each process reads its own block of every global batch (see `batching`); evaluation batches are
+`batching.eval_images`.
 """
 
 from __future__ import annotations
@@ -14,41 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import preprocess
+from input_pipeline.batching import Batch, dataset_options, epoch_batches, local_batch_size
 from input_pipeline.feature_cache import FeatureCache
-from input_pipeline.image_source import ImageRows, ImageSource, as_rows, as_source
+from input_pipeline.image_source import ImageSource, as_source
 from input_pipeline.scene.sampler import TripletSampler
-
-Batch = dict[str, np.ndarray]
-
-
-def local_batch_size(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
-  return global_batch // process_count
-
-
-def triplet_index_batches(sampler: TripletSampler, global_batch: int, start_step: int,
-                          process_index: int, process_count: int) -> Iterator[Batch]:
-  """This process's rows of each global batch, from `start_step` on, forever."""
-  steps_per_epoch = len(sampler) // global_batch
-  if steps_per_epoch == 0:
-    raise ValueError(f"{len(sampler)} training pairs cannot fill one batch of {global_batch}")
-  local = local_batch_size(global_batch, process_count)
-  epoch, step = divmod(start_step, steps_per_epoch)
-  while True:
-    arrays = sampler.epoch(epoch)
-    for t in range(step, steps_per_epoch):
-      lo = t * global_batch + process_index * local
-      yield {k: v[lo:lo + local] for k, v in arrays.items()}
-    epoch, step = epoch + 1, 0
-
-
-def _dataset_options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
-  options.threading.max_intra_op_parallelism = 1
-  return options
 
 
 def train_triplets(sampler: TripletSampler, scene_images: ImageSource | list[str],
@@ -91,58 +58,11 @@ def train_triplets(sampler: TripletSampler, scene_images: ImageSource | list[str
     return out
 
   ds = tf.data.Dataset.from_generator(
-      lambda: triplet_index_batches(sampler, global_batch, start_step, process_index,
-                                    process_count), output_signature=spec)
+      lambda: epoch_batches(sampler, global_batch, start_step, process_index, process_count),
+      output_signature=spec)
   ds = ds.unbatch().map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-  ds = ds.batch(local, drop_remainder=True).prefetch(prefetch).with_options(_dataset_options())
+  ds = ds.batch(local, drop_remainder=True).prefetch(prefetch).with_options(dataset_options())
   return ds.as_numpy_iterator()
-
-
-def padded_host_rows(num_rows: int, global_batch: int, process_index: int,
-                     process_count: int) -> tuple[np.ndarray, np.ndarray]:
-  """Row ids and a validity mask of this process's share of `num_rows`, padded to full batches.
-
-  Every process gets the same number of batches (ceil(num_rows / global_batch)); padding rows
-  repeat row 0 and are masked out, so no example is dropped and none is counted twice.
-  """
-  local = local_batch_size(global_batch, process_count)
-  steps = max(1, -(-num_rows // global_batch))
-  ids = np.arange(steps * global_batch).reshape(steps, process_count, local)[:, process_index]
-  ids = ids.reshape(-1)
-  mask = ids < num_rows
-  return np.where(mask, ids, 0).astype(np.int32), mask
-
-
-def eval_images(images: ImageRows | list[str], crops: np.ndarray | None,
-                extras: dict[str, np.ndarray], *,
-                global_batch: int, image_size: int, normalization: str, process_index: int = 0,
-                process_count: int = 1,
-                num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
-  """Padded batches of `image` (cropped when `crops` is given), `_mask` and the `extras` rows.
-
-  Args:
-    images: one image per row (ImageRows, or one file path per row).
-    crops: [rows, 4] normalised crops, or None for whole images.
-    extras: more per-row arrays to carry along (e.g. `category`).
-  """
-  rows = as_rows(images)
-  ids, mask = padded_host_rows(len(rows), global_batch, process_index, process_count)
-  if crops is None:
-    crops = np.tile(np.array(preprocess.FULL_IMAGE, np.float32), (len(rows), 1))
-  columns = {"image_id": np.asarray(rows.ids, np.int64)[ids],
-             "crop": np.asarray(crops, np.float32)[ids],
-             "_mask": mask, **{k: np.asarray(v)[ids] for k, v in extras.items()}}
-
-  def load(row):
-    out = dict(row)
-    data = rows.source.read(out.pop("image_id"))
-    out["image"] = preprocess.prepare_image(data, out.pop("crop"), image_size, normalization)
-    return out
-
-  ds = tf.data.Dataset.from_tensor_slices(columns)
-  ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-  local = local_batch_size(global_batch, process_count)
-  return ds.batch(local, drop_remainder=True).prefetch(2).with_options(_dataset_options())
 
 
 def train_features(sampler: TripletSampler, cache: FeatureCache, scene_rows: np.ndarray,
@@ -177,27 +97,18 @@ def train_features(sampler: TripletSampler, cache: FeatureCache, scene_rows: np.
   }
 
   def batches():
-    for rows in triplet_index_batches(sampler, global_batch, start_step, process_index,
-                                      process_count):
+    for rows in epoch_batches(sampler, global_batch, start_step, process_index, process_count):
       scene = scene_rows[rows["pair_index"]]
       yield {
           "scene_global": cache.gather("scenes", "global", scene),
           "scene_regions": cache.gather("scenes", "regions", scene),
-          "positive_global": cache.gather("products", "global", product_rows[rows["positive_index"]]),
-          "negative_global": cache.gather("products", "global", product_rows[rows["negative_index"]]),
+          "positive_global": cache.gather("products", "global",
+                                          product_rows[rows["positive_index"]]),
+          "negative_global": cache.gather("products", "global",
+                                          product_rows[rows["negative_index"]]),
           **{key: rows[key] for key in ("category", "scene_index", "positive_index",
                                         "negative_index", "pair_index", "scene_products")},
       }
 
   ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
-  return ds.prefetch(prefetch).with_options(_dataset_options()).as_numpy_iterator()
-
-
-def padded_row_batches(num_rows: int, *, global_batch: int, process_index: int = 0,
-                       process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(row ids, mask) of this process's padded batches (see `padded_host_rows`), for callers
-  that gather rows themselves (e.g. from the feature cache)."""
-  ids, mask = padded_host_rows(num_rows, global_batch, process_index, process_count)
-  local = local_batch_size(global_batch, process_count)
-  for lo in range(0, len(ids), local):
-    yield ids[lo:lo + local], mask[lo:lo + local]
+  return ds.prefetch(prefetch).with_options(dataset_options()).as_numpy_iterator()

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 
-from input_pipeline.scene import crop as scene_crop
 from input_pipeline.readers.stl import StlData
-
-
-def is_test_signature(sig: str, test_fraction: float, salt: str = "ctl-split") -> bool:
-  """Deterministic split by signature hash, so a scene never straddles train and test."""
-  digest = hashlib.md5(f"{salt}/{sig}".encode()).digest()
-  return int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction
+from input_pipeline.scene import crop as scene_crop
+from input_pipeline.splits import is_test_signature
 
 
 @dataclasses.dataclass

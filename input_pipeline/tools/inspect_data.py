@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -125,7 +125,7 @@ def summarize_ctl(root: str | os.PathLike, images_dir: str = "images",
   }
 
 
-def summarize(fmt: str, root: str | os.PathLike, **kwargs) -> dict:
+def summarize(fmt: str, root: str | os.PathLike, **kwargs: Any) -> dict:
   """The summary of `root` read as `fmt` ("stl" or "ctl")."""
   readers = {"stl": summarize_stl, "ctl": summarize_ctl}
   if fmt not in readers:

@@ -26,10 +26,12 @@ SILHOUETTES: dict[str, list] = {
     "Shorts": [("poly", [(.04, 0), (.96, 0), (1, 1), (.56, 1), (.5, .45), (.44, 1), (0, 1)])],
     "Skirts": [("poly", [(.24, 0), (.76, 0), (1, 1), (0, 1)])],
     "Shoes": [("poly", _SHOE), ("poly", [(1 - x, y) for x, y in _SHOE])],
-    "Handbags": [("ring", (.22, 0, .78, .6, .09)), ("poly", [(0, .35), (1, .35), (.94, 1), (.06, 1)])],
+    "Handbags": [("ring", (.22, 0, .78, .6, .09)),
+                 ("poly", [(0, .35), (1, .35), (.94, 1), (.06, 1)])],
     "Sunglasses": [("ellipse", (0, .1, .44, .9)), ("ellipse", (.56, .1, 1, .9)),
                    ("poly", [(.4, .35), (.6, .35), (.6, .5), (.4, .5)])],
-    "Hats": [("ellipse", (0, .62, 1, 1)), ("poly", [(.22, .05), (.78, .05), (.82, .82), (.18, .82)])],
+    "Hats": [("ellipse", (0, .62, 1, 1)),
+             ("poly", [(.22, .05), (.78, .05), (.82, .82), (.18, .82)])],
     "Earrings": [("ellipse", (0, .25, .3, 1)), ("ellipse", (.7, .25, 1, 1)),
                  ("poly", [(.12, 0), (.18, 0), (.18, .3), (.12, .3)]),
                  ("poly", [(.82, 0), (.88, 0), (.88, .3), (.82, .3)])],
@@ -151,7 +153,7 @@ def render_product(category: str, look: Look, size: int, rng: np.random.Generato
   tint = tuple(int(v) for v in rng.integers(225, 256, size=3))
   img = Image.new("RGB", (size, size), tint)
   fill = rng.uniform(0.62, 0.86)
-  aspect = _item_aspect(category)
+  aspect = item_aspect(category)
   bw = size * fill * min(1.0, 1.0 / aspect) if aspect > 1 else size * fill
   bh = bw * aspect
   if bh > size * fill:
@@ -164,14 +166,14 @@ def render_product(category: str, look: Look, size: int, rng: np.random.Generato
   return img
 
 
-def _item_aspect(category: str) -> float:
+def item_aspect(category: str) -> float:
   """Height / width of the category's slot on a 3:4 portrait figure."""
   left, top, right, bottom = SCENE_SLOTS[category]
   return (bottom - top) * 4.0 / ((right - left) * 3.0)
 
 
-def render_scene(items: list[tuple[str, Look]], width: int, height: int,
-                 rng: np.random.Generator) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
+def render_scene(items: list[tuple[str, Look]], width: int, height: int, rng: np.random.Generator
+                 ) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
   """A street-style photo of one figure wearing `items`.
 
   Returns the image and, per item, its normalised (left, top, right, bottom) box.

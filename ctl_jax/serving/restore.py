@@ -1,0 +1,66 @@
+"""A trained model restored for inference from its workdir alone: the config and the task's
+record come from the checkpoint, so serving needs no training data."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from ctl_jax import task as task_lib
+from ctl_jax.trainer import checkpoint, config_fields, optimizer, sharding
+from ctl_jax.trainer.state import TrainState, create_train_state
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint of some task, ready for inference."""
+
+  config: ml_collections.ConfigDict
+  meta: dict  # the checkpoint's record: config, categories and the task's fields
+  model: nn.Module
+  state: TrainState
+  mesh: jax.sharding.Mesh
+  step: int
+
+  @property
+  def categories(self) -> list[str]:
+    return list(self.meta["categories"])
+
+
+def open_checkpoint(workdir: str | os.PathLike) -> tuple[checkpoint.Checkpointer, int, dict]:
+  """(Checkpointer, latest step, record) of `workdir`; FileNotFoundError when there is none."""
+  ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1_000_000)
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {ckpt.directory}: train first")
+  return ckpt, step, ckpt.restore_meta(step)
+
+
+def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+  """The locked run config saved with a checkpoint, on today's fields of its task."""
+  if "config" not in meta:
+    raise ValueError("the checkpoint has no run config: pass --config")
+  task = task_lib.get_task(meta["config"].get("task", ""))
+  return config_fields.upgraded(meta["config"], task.config_base)
+
+
+def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
+            task: str | None = None) -> Restored:
+  """The latest checkpoint of `workdir` with its model (config from the checkpoint unless
+  given); ValueError when `task` is given and the checkpoint holds another task's model."""
+  ckpt, step, meta = open_checkpoint(workdir)
+  config = config_from_meta(meta) if config is None else config
+  if task is not None and config.task != task:
+    raise ValueError(f"{workdir} holds a {config.task!r} model; this needs the {task} model")
+  model = task_lib.get_task(config.task).create_model(config, meta)
+  mesh = sharding.make_mesh()
+  tx, _ = optimizer.make_optimizer(config.optimizer, config.train.num_steps)
+  like = create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.input.image_size,
+                            mesh)
+  state, _ = ckpt.restore(like, step)
+  ckpt.close()
+  return Restored(config, meta, model, state, mesh, step)
