@@ -13,7 +13,8 @@ All runs share one feature cache (`<out>/features`). Methods:
   contrastive_16_1     siamese contrastive loss, 16 negative pairs per positive pair
   proxy                classification of anchor and positive into their outfit's proxy, among
                        sampled other outfits' proxies
-The sweep trains triplet_category on nested fractions of the training outfits (`data.train_fraction`),
+The sweep trains triplet_category on nested fractions of the training outfits
+(`data.train_fraction`),
 same number of steps. Baselines (random, popularity, untrained) come from the first run; they do
 not depend on the method, and popularity and untrained see the whole training split.
 Writes `<out>/tables.md` (the README's tables) and `<out>/tables.json`; finished runs are reused,

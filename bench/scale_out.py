@@ -39,8 +39,8 @@ def _worker_env(devices: int) -> dict:
 def _import_trainer():
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
-  from ctl_jax.trainer import loop
-  return train
+  from ctl_jax.trainer import loop  # after TensorFlow lets go of the accelerators
+  return loop
 
 
 def _config(name: str, data_root: str, batch: int):
@@ -60,8 +60,9 @@ def scaling_worker(args) -> dict:
   if args.num_processes > 1:
     cluster.join(cluster.spec_from(f"127.0.0.1:{args.port}", args.num_processes,
                                    args.process_id))
-  train = _import_trainer()
+  loop = _import_trainer()
   import jax
+
   from ctl_jax.trainer import sharding
   config = _config(args.config, args.data, args.batch)
   with tempfile.TemporaryDirectory() as workdir:
@@ -69,7 +70,9 @@ def scaling_worker(args) -> dict:
     state = run.fresh_state()
     step_fn = loop.make_train_step(run, state)
     batches = run.task.train_batches(run.config, run.data, 0, None)
-    to_device = lambda: sharding.to_global({k: v for k, v in next(batches).items() if k in run.task.step_inputs}, run.mesh)
+    inputs = run.task.step_inputs
+    to_device = lambda: sharding.to_global(
+        {k: v for k, v in next(batches).items() if k in inputs}, run.mesh)
 
     def timed(get_batch, steps):
       nonlocal state
@@ -91,8 +94,9 @@ def scaling_worker(args) -> dict:
 
 def checkpoint_worker(args) -> dict:
   """Save/restore times of configs/default.py (ResNet-50) and the cost of a resume."""
-  train = _import_trainer()
+  loop = _import_trainer()
   import jax
+
   from ctl_jax.trainer import checkpoint
   config = _config("default", args.data, 8)
   out = {}

@@ -161,8 +161,9 @@ def trainer_mode(config, workdir: str, steps: int) -> dict:
   state = run.fresh_state()
   step_fn = loop.make_train_step(run, state)
   cache = run.feature_cache(state)
-  batches = sharding.prefetch_to_device(run.task.train_batches(run.config, run.data, 0, cache), run.mesh,
-                                        size=config.input.prefetch, keys=run.task.step_inputs)
+  host_batches = run.task.train_batches(run.config, run.data, 0, cache)
+  batches = sharding.prefetch_to_device(host_batches, run.mesh, size=config.input.prefetch,
+                                        keys=run.task.step_inputs)
   device_batches = (device for _, device in batches)
   _, seconds, terms = timed_steps(step_fn, state, device_batches, steps)
   return {"seconds": seconds, "triplets": terms, "pairs": steps * config.input.batch_size}

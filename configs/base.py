@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.tensorboard = True  # scalars in <workdir>/tensorboard
 
   config.eval = ml_collections.ConfigDict()
+  config.eval.ks = (1, 10, 50)  # the K of the task's top-K metrics (HR@K, R@K)
   config.eval.batch_size = 64
   config.eval.seed = 0
   config.eval.baselines = True  # random, popularity and untrained next to the model

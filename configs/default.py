@@ -42,5 +42,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.in_batch_negatives = False
 
   config.eval.num_candidates = 100  # the positive + 99 sampled same-category negatives
-  config.eval.ks = (1, 10, 50)
   return config

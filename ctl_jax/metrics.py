@@ -9,7 +9,7 @@ negatives; valid [M, N] optional mask of real negatives (rows may have fewer tha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def auc(d_pos: np.ndarray, d_neg: np.ndarray, valid: np.ndarray | None = None) -
   return float(np.mean((farther + 0.5 * tied) / np.maximum(total, 1)))
 
 
-def hit_rates(d_pos: np.ndarray, d_neg: np.ndarray, ks,
+def hit_rates(d_pos: np.ndarray, d_neg: np.ndarray, ks: Sequence[int],
               valid: np.ndarray | None = None) -> dict[int, float]:
   """HR@K: how often the positive ranks in the top K among itself plus its negatives.
 
@@ -46,14 +46,9 @@ def hit_rates(d_pos: np.ndarray, d_neg: np.ndarray, ks,
   return {k: float(np.mean(np.clip((k - closer) / (tied + 1.0), 0.0, 1.0))) for k in ks}
 
 
-def mean_rank(d_pos: np.ndarray, d_neg: np.ndarray, valid: np.ndarray | None = None) -> float:
-  """Expected 1-based rank of the positive (ties at their mean position)."""
-  closer, tied, _ = _closer_and_tied(d_pos, d_neg, valid)
-  return float(np.mean(1.0 + closer + 0.5 * tied))
-
-
-def recall_at_k(d: np.ndarray, positive: np.ndarray, ks, valid: np.ndarray | None = None,
-                reduce: bool = True):
+def recall_at_k(d: np.ndarray, positive: np.ndarray, ks: Sequence[int],
+                valid: np.ndarray | None = None,
+                reduce: bool = True) -> dict[int, float] | dict[int, np.ndarray]:
   """R@K of the product-based protocol (Li et al. 2020): positives in the top K / min(P, K).
 
   Each row ranks a corpus by distance `d`; `positive` marks the row's P positives. With ties in

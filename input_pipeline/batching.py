@@ -12,7 +12,8 @@ number of batches and the padding is masked out.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf

@@ -9,7 +9,8 @@ a TFDS dataset's ArrayRecord files).
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -50,7 +51,7 @@ class ImageRows:
   def __len__(self) -> int:
     return len(self.ids)
 
-  def __getitem__(self, rows: slice) -> "ImageRows":
+  def __getitem__(self, rows: slice) -> ImageRows:
     return ImageRows(self.source, self.ids[rows])
 
 

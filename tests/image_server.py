@@ -91,7 +91,7 @@ class ImageServer:
     handler.wfile.write(data)
     handler.wfile.flush()
 
-  def __enter__(self) -> "ImageServer":
+  def __enter__(self) -> ImageServer:
     self._thread.start()
     return self
 

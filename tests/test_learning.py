@@ -37,7 +37,8 @@ def test_product_demo_config_beats_popularity_and_untrained_on_held_out_outfits(
     tmp_path, optimized_compilation):
   from configs import product_demo
   root = tmp_path / "ctl"
-  synthetic_ctl.write_ctl_dataset(root, num_outfits=1200, seed=1, image_size=128)  # not the README's
+  # Not the README's seed.
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=1200, seed=1, image_size=128)
   config = product_demo.get_config()
   config.data.root = str(root)
   config.train.num_steps = 600

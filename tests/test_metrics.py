@@ -16,7 +16,6 @@ def test_auc_and_hit_rates_by_hand():
   assert metrics.auc(d_pos, d_neg) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
   hr = metrics.hit_rates(d_pos, d_neg, [1, 3, 5])
   assert hr == {1: pytest.approx(1 / 3), 3: pytest.approx(2 / 3), 5: pytest.approx(1.0)}
-  assert metrics.mean_rank(d_pos, d_neg) == pytest.approx(3.0)
 
 
 def test_ties_count_in_expectation():
@@ -26,7 +25,6 @@ def test_ties_count_in_expectation():
   assert metrics.auc(d_pos, d_neg) == pytest.approx(0.5)
   hr = metrics.hit_rates(d_pos, d_neg, [1, 2, 5])
   assert hr[1] == pytest.approx(0.2) and hr[2] == pytest.approx(0.4) and hr[5] == pytest.approx(1)
-  assert metrics.mean_rank(d_pos, d_neg) == pytest.approx(3.0)
 
 
 def test_valid_mask_ignores_padding():

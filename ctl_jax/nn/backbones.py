@@ -29,7 +29,7 @@ class Bottleneck(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
                                          dtype=self.dtype, name=name)
     norm = lambda name: nn.BatchNorm(use_running_average=not self.train, epsilon=BN_EPSILON,
@@ -60,7 +60,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     x = images.astype(self.dtype)
     x = nn.Conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), dtype=self.dtype,
                 name="conv1_conv")(x)
@@ -81,16 +81,16 @@ class ResNet(nn.Module):
             "regions": regions.astype(jnp.float32)}
 
 
-def resnet50(dtype=jnp.float32) -> ResNet:
+def resnet50(dtype: Any = jnp.float32) -> ResNet:
   return ResNet(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem_width=64, dtype=dtype)
 
 
-def resnet_small(dtype=jnp.float32) -> ResNet:
+def resnet_small(dtype: Any = jnp.float32) -> ResNet:
   """One block per stage, 1/4 widths (global 512-d, regions 256-d): the CPU demo's backbone."""
   return ResNet(stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16, dtype=dtype)
 
 
-def resnet_tiny(dtype=jnp.float32) -> ResNet:
+def resnet_tiny(dtype: Any = jnp.float32) -> ResNet:
   """One block per stage, 1/16 widths: for unit tests."""
   return ResNet(stage_sizes=(1, 1, 1, 1), widths=(4, 8, 16, 32), stem_width=8, dtype=dtype)
 

@@ -27,7 +27,7 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = nn.Dense(self.hidden, dtype=self.dtype)(x)
     x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)  # over all other axes
     x = nn.relu(x)

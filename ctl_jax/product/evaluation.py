@@ -15,7 +15,9 @@ Ties count in expectation, so a method that scores everything equal gets the exa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -26,6 +28,7 @@ from ctl_jax.metrics import Scorer
 from ctl_jax.product import steps as product_steps
 from ctl_jax.product.model import ProductModel
 from ctl_jax.trainer import inference
+from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.product import dataset as product_data
 from input_pipeline.readers import ctl
@@ -35,7 +38,7 @@ FITB_FILE = "fitb_eval.json"
 NUM_FITB_CHOICES = 4
 
 
-def protocol(config, fitb_source: str) -> str:
+def protocol(config: ml_collections.ConfigDict, fitb_source: str) -> str:
   e = config.eval
   size = f"exactly {e.outfit_size}" if e.outfit_size else "2 or more"
   return (
@@ -177,7 +180,7 @@ def read_fitb(path: Path, test: ctl.CtlData, strict: bool) -> Fitb:
   return Fitb(_pad(questions), _pad(answers), source=f"{path.name}", num_dropped=len(report))
 
 
-def fitb_questions(root: str, test: ctl.CtlData, config) -> Fitb:
+def fitb_questions(root: str, test: ctl.CtlData, config: ml_collections.ConfigDict) -> Fitb:
   """From `data.root/fitb_eval.json` (eval.fitb='file', or 'auto' when it exists), else sampled."""
   path = Path(root) / FITB_FILE
   mode = config.eval.fitb
@@ -202,7 +205,7 @@ def embedding_scorer(style: np.ndarray) -> Scorer:
   return score
 
 
-def constant_scorer(queries, items):
+def constant_scorer(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
   return np.zeros(items.shape)
 
 
@@ -235,7 +238,7 @@ def visual_frequency(test_global: np.ndarray, test_category: np.ndarray, train_g
   return out
 
 
-def restricted_recall(score: Scorer, corpus: Corpus, ks) -> dict:
+def restricted_recall(score: Scorer, corpus: Corpus, ks: Sequence[int]) -> dict:
   d = score(corpus.query, corpus.items)
   per_row = metrics.recall_at_k(d, corpus.positive, ks, corpus.valid, reduce=False)
   cats = np.unique(corpus.category)
@@ -254,7 +257,7 @@ def fitb_accuracy(score: Scorer, fitb: Fitb) -> float:
 
 
 def ranking_metrics(score: Scorer, all_corpus: Corpus, restricted: Corpus, fitb: Fitb,
-                    ks) -> dict[str, float]:
+                    ks: Sequence[int]) -> dict[str, float]:
   d = score(all_corpus.query, all_corpus.items)
   out = {f"r@{k}": v for k, v in metrics.recall_at_k(d, all_corpus.positive, ks,
                                                       all_corpus.valid).items()}
@@ -268,13 +271,14 @@ class ItemEmbedder:
   """Style, logits and backbone vector of items, batched and sharded, from crops or from the
   feature cache."""
 
-  def __init__(self, model: ProductModel, mesh: jax.sharding.Mesh, state_sharding,
+  def __init__(self, model: ProductModel, mesh: jax.sharding.Mesh, state_sharding: Any,
                config: ml_collections.ConfigDict, cache: FeatureCache | None = None):
     self.config, self.cache = config, cache
     fn = product_steps.item_step if cache is None else product_steps.item_from_features_step
     self._apply = inference.ShardedApply(fn, model, mesh, state_sharding)
 
-  def __call__(self, state, data: ctl.CtlData, items: np.ndarray | None = None) -> dict:
+  def __call__(self, state: TrainState, data: ctl.CtlData,
+               items: np.ndarray | None = None) -> dict:
     """{'style' [n, D], 'logits' [n, C], 'global' [n, G]} of `items` (default: all) of `data`."""
     items = np.arange(len(data)) if items is None else np.asarray(items)
     if self.cache is None:
@@ -301,8 +305,8 @@ def _popularity_frequency(embed: ItemEmbedder, untrained_state, ds, test_global,
                           ds.train.item_category[sample], config.eval.popularity_neighbors)
 
 
-def evaluate(state, embed: ItemEmbedder, ds: product_data.ProductDataset, config,
-             untrained_state=None) -> dict:
+def evaluate(state: TrainState, embed: ItemEmbedder, ds: product_data.ProductDataset,
+             config: ml_collections.ConfigDict, untrained_state: TrainState | None = None) -> dict:
   """The model's held-out metrics and, when `config.eval.baselines`, its baselines."""
   e = config.eval
   ks = tuple(e.ks)

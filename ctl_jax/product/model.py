@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -31,7 +32,7 @@ class CategoryClassifier(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_categories, dtype=self.dtype)(x).astype(jnp.float32)
@@ -50,7 +51,7 @@ class ProductModel(nn.Module):
   freeze_backbone: bool = True
   dtype: Any = jnp.float32
 
-  def setup(self):
+  def setup(self) -> None:
     self.style = ProjectionHead(self.style_hidden, self.embed_dim, self.dropout, self.dtype)
     self.classifier = CategoryClassifier(self.classifier_hidden, self.num_categories,
                                          self.dropout, self.dtype)
@@ -58,22 +59,22 @@ class ProductModel(nn.Module):
       self.proxies = self.param("proxies", nn.initializers.normal(1.0),
                                 (self.num_proxies, self.embed_dim))
 
-  def features(self, images, train: bool = False):
+  def features(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """{'global': [B, G], 'regions': [B, h, w, C]} from one backbone pass."""
     return backbones.backbone_features(self.backbone, images, train=train,
                                        frozen=self.freeze_backbone)
 
-  def heads(self, global_features, train: bool = False) -> dict:
+  def heads(self, global_features: jax.Array, train: bool = False) -> dict:
     """Style embedding [..., D] (unit norm) and category logits [..., C] of backbone vectors."""
     x = global_features.astype(jnp.float32)
     return {"style": self.style(x, train), "logits": self.classifier(x, train)}
 
-  def item_outputs(self, images, train: bool = False) -> dict:
+  def item_outputs(self, images: jax.Array, train: bool = False) -> dict:
     """Style, logits and the backbone's `global` vector of item crops."""
     glob = self.features(images, train)["global"]
     return {**self.heads(glob, train), "global": glob}
 
-  def item_outputs_from_features(self, global_features, train: bool = False) -> dict:
+  def item_outputs_from_features(self, global_features: jax.Array, train: bool = False) -> dict:
     return {**self.heads(global_features, train), "global": global_features}
 
   def _tuple_features(self, batch, train: bool):
@@ -86,7 +87,7 @@ class ProductModel(nn.Module):
     glob = self.features(images, train)["global"]
     return glob[:b], glob[b:2 * b], glob[2 * b:].reshape(b, n, -1)
 
-  def __call__(self, batch, train: bool = False) -> dict:
+  def __call__(self, batch: dict[str, jax.Array], train: bool = False) -> dict:
     """Style embeddings and logits of every item of the batch's tuples.
 
     Returns:
@@ -107,7 +108,7 @@ class ProductModel(nn.Module):
       result["proxies"] = jnp.take(self.proxies, batch["proxy_outfits"], axis=0)
     return result
 
-  def init_all(self, images, category):
+  def init_all(self, images: jax.Array, category: jax.Array) -> dict[str, jax.Array]:
     """Creates every variable (backbone, heads, proxies)."""
     del category
     out = self.item_outputs(images)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,9 @@ STYLE_LOSSES: dict[str, Callable] = {"triplet": _triplet, "contrastive": _contra
                                      "proxy": _proxy}
 
 
-def product_loss(params, state: TrainState, batch: dict, *, model: ProductModel, loss_name: str,
-                 settings: dict, category_weight: float):
+def product_loss(params: Any, state: TrainState, batch: dict, *, model: ProductModel,
+                 loss_name: str, settings: dict,
+                 category_weight: float) -> tuple[jax.Array, tuple[Any, dict]]:
   """Training-mode loss of `batch` at `params`: style loss + weighted category cross-entropy.
 
   Returns:

@@ -19,6 +19,7 @@ from ctl_jax.product import model as product_model
 from ctl_jax.product import steps as product_steps
 from ctl_jax.product.model import ProductModel
 from ctl_jax.trainer import inference
+from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.product import dataset as product_data
 from input_pipeline.product import pipeline as product_pipeline
@@ -111,8 +112,8 @@ class ProductTask:
                       np.concatenate([product_data.crops_of(d) for d in splits]))}
 
   def evaluate(self, config: ml_collections.ConfigDict, data: product_data.ProductDataset,
-               model: ProductModel, mesh: jax.sharding.Mesh, state, cache: FeatureCache | None,
-               untrained_state=None) -> dict:
+               model: ProductModel, mesh: jax.sharding.Mesh, state: TrainState,
+               cache: FeatureCache | None, untrained_state: TrainState | None = None) -> dict:
     embed = product_eval.ItemEmbedder(model, mesh, inference.state_sharding(state), config,
                                       cache=cache)
     return product_eval.evaluate(state, embed, data, config, untrained_state=untrained_state)

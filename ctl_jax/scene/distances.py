@@ -47,15 +47,6 @@ def category_query(regions: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.einsum("brd,br->bd", regions, weights)
 
 
-def local_distance_decomposed(regions: jax.Array, weights: jax.Array,
-                              products: jax.Array) -> jax.Array:
-  """d_l = sum_i a_i ||f_i||^2 - 2 q_c.f_p + ||f_p||^2, the form that ranks by inner product."""
-  region_term = jnp.einsum("br,br->b", weights, jnp.sum(jnp.square(regions), -1))
-  q = category_query(regions, weights)
-  return (region_term[:, None] - 2.0 * jnp.einsum("bd,bnd->bn", q, products)
-          + jnp.sum(jnp.square(products), -1))
-
-
 def ranking_query(scene: jax.Array, regions: jax.Array, weights: jax.Array) -> jax.Array:
   """v = f_s + q_c: for unit f_s, f_i and f_p, d(s, p) = 2 - v.f_p exactly.
 

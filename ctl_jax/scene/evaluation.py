@@ -7,6 +7,9 @@ v = f_s + q_c, so a product's hybrid distance is 2 - v.f_p (see `distances.ranki
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import jax
 import ml_collections
 import numpy as np
@@ -16,12 +19,13 @@ from ctl_jax.metrics import Scorer
 from ctl_jax.scene import steps as scene_steps
 from ctl_jax.scene.model import SceneModel
 from ctl_jax.trainer import inference
+from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
 from input_pipeline.scene.dataset import SceneDataset
 
 
-def protocol(num_candidates: int, ks) -> str:
+def protocol(num_candidates: int, ks: Sequence[int]) -> str:
   return (f"scene-based CTL (Kang et al. 2019). Per held-out (scene, positive, category) with the "
           f"positive cut out of the scene: 'auc' = fraction of sampled same-category negatives "
           f"farther than the positive; 'hr@K' (K in {list(ks)}) = positive in the top K among "
@@ -93,7 +97,7 @@ def random_scorer(seed: int) -> Scorer:
   return lambda rows, cols: rng.random((len(rows),) + cols.shape[-1:])
 
 
-def ranking_metrics(score: Scorer, cands: Candidates, ks) -> dict[str, float]:
+def ranking_metrics(score: Scorer, cands: Candidates, ks: Sequence[int]) -> dict[str, float]:
   """auc, hr@K over sampled candidates and the same over whole test categories."""
   rows = np.arange(len(cands.rows))
   d_pos = score(rows, cands.positive[:, None])[:, 0]
@@ -123,7 +127,7 @@ class SceneEmbedder:
   """Ranking queries of scenes and embeddings of products, batched and sharded, from images or,
   when a feature cache is given, from cached backbone features (heads only)."""
 
-  def __init__(self, model: SceneModel, mesh: jax.sharding.Mesh, state_sharding,
+  def __init__(self, model: SceneModel, mesh: jax.sharding.Mesh, state_sharding: Any,
                config: ml_collections.ConfigDict, cache: FeatureCache | None = None):
     self.config, self.cache = config, cache
     apply = lambda fn: inference.ShardedApply(fn, model, mesh, state_sharding)
@@ -134,7 +138,7 @@ class SceneEmbedder:
       self._scene = apply(scene_steps.scene_query_from_features_step)
       self._product = apply(scene_steps.product_embedding_from_features_step)
 
-  def products(self, state, ds: SceneDataset) -> np.ndarray:
+  def products(self, state: TrainState, ds: SceneDataset) -> np.ndarray:
     """[num_products, D] embeddings of every catalogue product."""
     if self.cache is None:
       products = ImageRows(ds.product_images, np.arange(len(ds.stl.products)))
@@ -144,13 +148,13 @@ class SceneEmbedder:
                                        self.config.eval.batch_size)
     return self._product.over(state, batches, len(ds.stl.products), ["embedding"])["embedding"]
 
-  def product_images(self, state, images: ImageRows | list[str]) -> np.ndarray:
+  def product_images(self, state: TrainState, images: ImageRows | list[str]) -> np.ndarray:
     """[len(images), D] embeddings of whole product images (ImageRows, or one file per row;
     needs an embedder without cache)."""
     batches = inference.image_batches(self.config, images, None)
     return self._product.over(state, batches, len(images), ["embedding"])["embedding"]
 
-  def test_queries(self, state, ds: SceneDataset) -> np.ndarray:
+  def test_queries(self, state: TrainState, ds: SceneDataset) -> np.ndarray:
     """[num_test_pairs, D] ranking queries of the cropped test scenes."""
     rows = ds.test.pairs
     category = ds.stl.pair_category[rows]
@@ -166,8 +170,8 @@ class SceneEmbedder:
     return self._scene.over(state, batches, len(rows), ["query"])["query"]
 
 
-def evaluate(state, embedder: SceneEmbedder, ds: SceneDataset, config,
-             untrained_state=None) -> dict:
+def evaluate(state: TrainState, embedder: SceneEmbedder, ds: SceneDataset,
+             config: ml_collections.ConfigDict, untrained_state: TrainState | None = None) -> dict:
   """The model's held-out metrics and, when `config.eval.baselines`, its baselines."""
   if len(ds.test.pairs) == 0:
     raise ValueError("the test split is empty: raise data.test_fraction or add scenes")

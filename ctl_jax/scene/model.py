@@ -37,7 +37,7 @@ class SceneHeads(nn.Module):
   dropout: float = 0.1
   dtype: Any = jnp.float32
 
-  def setup(self):
+  def setup(self) -> None:
     self.global_head = ProjectionHead(self.global_hidden, self.embed_dim, self.dropout, self.dtype)
     self.local_head = ProjectionHead(self.local_hidden, self.embed_dim, self.dropout, self.dtype)
     self.attention_head = ProjectionHead(self.attention_hidden, self.embed_dim, self.dropout,
@@ -45,20 +45,22 @@ class SceneHeads(nn.Module):
     self.category_embedding = nn.Embed(self.num_categories, self.embed_dim,
                                        embedding_init=nn.initializers.normal(1.0))
 
-  def embed_global(self, features, train: bool = False):
+  def embed_global(self, features: jax.Array, train: bool = False) -> jax.Array:
     """f(global) for scenes and products: [..., G] -> [..., D]."""
     return self.global_head(features, train)
 
-  def embed_regions(self, regions, train: bool = False):
+  def embed_regions(self, regions: jax.Array,
+                    train: bool = False) -> tuple[jax.Array, jax.Array]:
     """[B, h, w, C] -> (f_i [B, R, D], fhat_i [B, R, D])."""
     flat = regions.reshape(regions.shape[0], -1, regions.shape[-1])
     return self.local_head(flat, train), self.attention_head(flat, train)
 
-  def embed_category(self, category):
+  def embed_category(self, category: jax.Array) -> jax.Array:
     """e_c, unit norm: [B] int -> [B, D]."""
     return l2_normalize(self.category_embedding(category))
 
-  def __call__(self, global_features, regions, category, train: bool = False):
+  def __call__(self, global_features: jax.Array, regions: jax.Array, category: jax.Array,
+               train: bool = False) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array]:
     """Touches every head (used by init)."""
     return (self.embed_global(global_features, train), self.embed_regions(regions, train),
             self.embed_category(category))
@@ -71,7 +73,7 @@ class SceneModel(nn.Module):
   heads: SceneHeads
   freeze_backbone: bool = True
 
-  def features(self, images, train: bool = False):
+  def features(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """{'global': [B, G], 'regions': [B, h, w, C]} from one backbone pass."""
     return backbones.backbone_features(self.backbone, images, train=train,
                                        frozen=self.freeze_backbone)
@@ -91,7 +93,8 @@ class SceneModel(nn.Module):
     glob = feats["global"]
     return glob[:b], feats["regions"][:b], glob[b:2 * b], glob[2 * b:].reshape(b, n, -1)
 
-  def __call__(self, batch, train: bool = False):
+  def __call__(self, batch: dict[str, jax.Array],
+               train: bool = False) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Hybrid distances of each scene to its positive and its negatives.
 
     Returns:
@@ -115,25 +118,30 @@ class SceneModel(nn.Module):
            "positive": f_pos, "negative": f_neg}
     return d[:, 0], d[:, 1:], aux
 
-  def scene_query(self, images, category, train: bool = False):
+  def scene_query(self, images: jax.Array, category: jax.Array,
+                  train: bool = False) -> tuple[jax.Array, jax.Array]:
     """Ranking queries v = f_s + q_c [B, D] and attention [B, R] of scene images."""
     feats = self.features(images, train)
     return self.scene_query_from_features(feats["global"], feats["regions"], category, train)
 
-  def scene_query_from_features(self, global_features, regions, category, train: bool = False):
+  def scene_query_from_features(self, global_features: jax.Array, regions: jax.Array,
+                                category: jax.Array,
+                                train: bool = False) -> tuple[jax.Array, jax.Array]:
     f_s = self.heads.embed_global(global_features.astype(jnp.float32), train)
     f_i, fhat_i = self.heads.embed_regions(regions.astype(jnp.float32), train)
     weights = distances.attention_weights(fhat_i, self.heads.embed_category(category))
     return distances.ranking_query(f_s, f_i, weights), weights
 
-  def product_embedding(self, images, train: bool = False):
+  def product_embedding(self, images: jax.Array, train: bool = False) -> jax.Array:
     """f_p [B, D] of product images."""
     return self.product_embedding_from_features(self.features(images, train)["global"], train)
 
-  def product_embedding_from_features(self, global_features, train: bool = False):
+  def product_embedding_from_features(self, global_features: jax.Array,
+                                      train: bool = False) -> jax.Array:
     return self.heads.embed_global(global_features.astype(jnp.float32), train)
 
-  def init_all(self, images, category):
+  def init_all(self, images: jax.Array,
+               category: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array]:
     """Creates every variable (backbone, heads, categories)."""
     feats = self.features(images)
     return self.heads(feats["global"], feats["regions"], category)

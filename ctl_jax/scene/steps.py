@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from ctl_jax.scene.model import SceneModel
 from ctl_jax.trainer.state import TrainState, gradient_step
 
 
-def triplet_loss(params, state: TrainState, batch: dict, *, model: SceneModel, margin: float,
+def triplet_loss(params: Any, state: TrainState, batch: dict, *, model: SceneModel, margin: float,
                  reduction: str, in_batch: bool = False) -> tuple[jax.Array, tuple[dict, dict]]:
   """Training-mode triplet loss of `batch` at `params`.
 

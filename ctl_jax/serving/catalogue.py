@@ -16,10 +16,14 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # annotations only: this module stays free of the config library
+  import ml_collections
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -39,7 +43,7 @@ class ManifestMismatch(ValueError):
   """The embeddings were exported from another model (step, config or categories)."""
 
 
-def model_fingerprint(config, categories: list[str]) -> str:
+def model_fingerprint(config: ml_collections.ConfigDict, categories: list[str]) -> str:
   """Hash of what makes embeddings comparable: task, model settings, input size, categories."""
   model = json.loads(config.model.to_json_best_effort())
   model.pop("backbone_weights", None)  # where the initial weights came from, not the model

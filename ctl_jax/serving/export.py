@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
 from ctl_jax.scene import evaluation as scene_eval
@@ -26,7 +28,8 @@ from input_pipeline.readers.drops import DataError, DropReport
 
 
 def read_catalogue_dir(root: str | os.PathLike, categories: list[str], *, images_dir: str,
-                       category_map=None, strict: bool = False):
+                       category_map: Mapping[str, str] | None = None,
+                       strict: bool = False) -> tuple[list[str], np.ndarray, list[str], DropReport]:
   """(signatures, category ids, image paths, DropReport) of the products of an STL-style folder."""
   root = Path(root)
   report = DropReport(strict=strict)
@@ -97,8 +100,8 @@ SOURCES = {("scene", True): _scene_from_features, ("scene", False): _scene_from_
 KINDS = {"scene": "scene_hybrid", "product": "style_l2"}
 
 
-def export_embeddings(config, workdir: str, source: str, out: str | None = None,
-                      dtype: str = "float32") -> dict:
+def export_embeddings(config: ml_collections.ConfigDict, workdir: str, source: str,
+                      out: str | None = None, dtype: str = "float32") -> dict:
   """Embeds the catalogue `source` ('features' or a folder) and writes it to `out`.
 
   Returns:

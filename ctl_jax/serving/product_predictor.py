@@ -13,6 +13,7 @@ saved with every checkpoint, so serving does not need the training files.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -25,8 +26,8 @@ from ctl_jax.trainer import inference
 from input_pipeline import preprocess
 
 
-def complementary_categories(category: str, categories: list[str], cooccurrence,
-                             category_outfits, top_k: int | None = None,
+def complementary_categories(category: str, categories: list[str], cooccurrence: np.ndarray,
+                             category_outfits: np.ndarray, top_k: int | None = None,
                              min_outfits: int = 1) -> list[tuple[str, float]]:
   """Other categories ranked by P(an outfit holds one | it holds `category`) in training outfits.
 
@@ -56,7 +57,8 @@ class ProductPredictor:
     self._apply = inference.ShardedApply(product_steps.item_step, self.model, self.mesh,
                                          inference.state_sharding(self.state))
 
-  def load_items(self, paths: list[str], boxes=None) -> np.ndarray:
+  def load_items(self, paths: list[str],
+                 boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> np.ndarray:
     """[B, S, S, 3] model inputs: each image cropped to its CTL (x, y, w, h) box (whole image
     when `boxes` is None), resized and normalised as in training."""
     c = self.config.input

@@ -19,6 +19,7 @@ keeping a running top K, so only one or two chunks live on the devices at a time
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,8 @@ def augment_catalogue(embeddings: np.ndarray) -> np.ndarray:
   return np.concatenate([e, np.sum(np.square(e), -1, keepdims=True)], axis=1)
 
 
-def hybrid_query(scene: jax.Array, regions: jax.Array, weights: jax.Array):
+def hybrid_query(scene: jax.Array, regions: jax.Array,
+                 weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Augmented queries [B, D + 1] and constants [B] of the scene model's hybrid distance.
 
   Args:
@@ -50,13 +52,14 @@ def hybrid_query(scene: jax.Array, regions: jax.Array, weights: jax.Array):
   return jnp.concatenate([v, -jnp.ones_like(v[:, :1])], axis=1), const
 
 
-def l2_query(x):
+def l2_query(x: jax.Array | np.ndarray) -> tuple[jax.Array, jax.Array]:
   """Augmented queries [B, D + 1] and constants [B] of the squared L2 distance ||x - f_p||^2."""
   x = jnp.asarray(x, jnp.float32)
   return jnp.concatenate([2.0 * x, -jnp.ones_like(x[:, :1])], axis=1), jnp.sum(jnp.square(x), -1)
 
 
-def merge_top_k(scores_a, ids_a, scores_b, ids_b, k: int):
+def merge_top_k(scores_a: jax.Array, ids_a: jax.Array, scores_b: jax.Array, ids_b: jax.Array,
+                k: int) -> tuple[jax.Array, jax.Array]:
   """Top `k` of two candidate lists [B, ka] and [B, kb] (largest scores first)."""
   scores = jnp.concatenate([scores_a, scores_b], axis=1)
   ids = jnp.concatenate([ids_a, ids_b], axis=1)
@@ -104,8 +107,8 @@ class Ranker:
       scanned; the inner products accumulate in float32 either way).
   """
 
-  def __init__(self, embeddings, *, mesh=None, chunk_rows: int | None = None,
-               dtype=jnp.float32):
+  def __init__(self, embeddings: np.ndarray, *, mesh: jax.sharding.Mesh | None = None,
+               chunk_rows: int | None = None, dtype: Any = jnp.float32):
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
       raise ValueError(f"empty or malformed catalogue of shape {embeddings.shape}: export "
                        "at least one product")
@@ -131,7 +134,7 @@ class Ranker:
                                               np.float32)])
     return jax.device_put(block.astype(self.dtype), self._rows_sharding)
 
-  def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+  def search(self, queries: np.ndarray | jax.Array, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest inner products of each augmented query [B, D + 1] with the catalogue.
 
     Returns:
@@ -162,7 +165,8 @@ class Ranker:
           top, ids = _merge(top, ids, t, i, k=min(k, top.shape[1] + t.shape[1]))
     return np.asarray(top[:, :k]), np.asarray(ids[:, :k])
 
-  def nearest(self, queries, constants, k: int) -> tuple[np.ndarray, np.ndarray]:
+  def nearest(self, queries: np.ndarray | jax.Array, constants: np.ndarray | jax.Array,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
     """Distances d = c - q~.p~ [B, k] (ascending) and row ids [B, k] of the k nearest rows."""
     scores, ids = self.search(queries, k)
     return np.asarray(constants, np.float32)[:, None] - scores, ids

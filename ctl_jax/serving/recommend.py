@@ -15,11 +15,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ctl_jax.serving import catalogue as catalogue_lib
 from ctl_jax.serving import html_report, ranker
+
+if TYPE_CHECKING:  # annotations only: the predictor is imported when a command runs
+  import ml_collections
+
+  from ctl_jax.serving.scene_predictor import ScenePredictor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +97,9 @@ def check_k(cat: catalogue_lib.Catalogue, categories: list[str], k: int, explici
       raise ValueError(f"-k {k} but category {c!r} has only {n} products in {cat.root}")
 
 
-def scene_flow(predictor, cat: catalogue_lib.Catalogue, image_path: str,
+def scene_flow(predictor: ScenePredictor, cat: catalogue_lib.Catalogue, image_path: str,
                categories: list[str] | None, k: int, quota: int = 0,
-               chunk_rows: int | None = None):
+               chunk_rows: int | None = None) -> tuple[list[Item], dict[str, np.ndarray]]:
   """(ranked items, {category: attention [h, w]}) of one scene image."""
   if cat.manifest["kind"] != "scene_hybrid":
     raise catalogue_lib.ManifestMismatch(f"{cat.root} holds {cat.manifest['kind']} embeddings; "
@@ -121,8 +127,9 @@ def scene_flow(predictor, cat: catalogue_lib.Catalogue, image_path: str,
   return items, {c: attention[j] for j, c in enumerate(categories)}
 
 
-def product_flow(config, workdir: str, cat: catalogue_lib.Catalogue, image_path: str, k: int,
-                 categories: list[str] | None = None, max_categories: int = 4):
+def product_flow(config: ml_collections.ConfigDict, workdir: str, cat: catalogue_lib.Catalogue,
+                 image_path: str, k: int, categories: list[str] | None = None,
+                 max_categories: int = 4) -> tuple[list[Item], str, dict[str, float]]:
   """(ranked items, predicted category, complementary categories with weights) of a product."""
   from ctl_jax.serving import product_predictor  # restores checkpoints: imported when needed
   html_report.open_image(image_path)  # a clear error before any model work
@@ -162,7 +169,7 @@ def product_items(cat: catalogue_lib.Catalogue, style: np.ndarray, weights: dict
   return blend(lists, k, proportional_quotas(available, k), order)
 
 
-def load_model_input(path: str, config) -> np.ndarray:
+def load_model_input(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
   """[S, S, 3] model input of an image file, preprocessed as in training."""
   import tensorflow as tf
 
@@ -190,8 +197,9 @@ def write_report(out: str, title: str, image_path: str, items: list[Item],
 
 def recommend(workdir: str, *, scene: str | None = None, product: str | None = None,
               categories: list[str] | None = None, k: int = 10, quota: int = 0,
-              embeddings: str | None = None, out: str | None = None, config=None,
-              predictor=None) -> dict:
+              embeddings: str | None = None, out: str | None = None,
+              config: ml_collections.ConfigDict | None = None,
+              predictor: ScenePredictor | None = None) -> dict:
   """The whole command: rank, print, write the report. Returns the items and report paths.
 
   Args:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,8 @@ from ctl_jax.serving import catalogue, ranker
 from ctl_jax.serving.restore import Restored, restore
 
 
-def scene_parts(model: SceneModel, image, category):
+def scene_parts(model: SceneModel, image: jax.Array,
+                category: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """f_s [C, D], f_i [C, R, D] and attention [C, h, w] of scenes [B, S, S, 3] and categories [C].
 
   B is C (one category per scene) or 1 (one scene against several categories: the backbone and
@@ -38,14 +40,16 @@ def scene_parts(model: SceneModel, image, category):
           weights.reshape((c,) + feats["regions"].shape[1:3]))
 
 
-def scene_encoder(model: SceneModel, variables, image, category):
+def scene_encoder(model: SceneModel, variables: Any, image: jax.Array,
+                  category: jax.Array) -> dict[str, jax.Array]:
   """Batch of scenes, one category each -> {'query', 'constant', 'attention'} (see module doc)."""
   f_s, f_i, attention = model.apply(variables, image, category, method=scene_parts)
   query, const = ranker.hybrid_query(f_s, f_i, attention.reshape(attention.shape[0], -1))
   return {"query": query, "constant": const, "attention": attention}
 
 
-def product_encoder(model: SceneModel, variables, image):
+def product_encoder(model: SceneModel, variables: Any,
+                    image: jax.Array) -> dict[str, jax.Array]:
   emb = model.apply(variables, image, method=SceneModel.product_embedding)
   return {"embedding": emb,
           "catalogue_row": jnp.concatenate([emb, jnp.sum(jnp.square(emb), -1, keepdims=True)], 1)}
@@ -67,7 +71,8 @@ class ScenePredictor:
   def _scene_fn(self):
     return jax.jit(functools.partial(scene_encoder, self.model))
 
-  def scene(self, image: np.ndarray, categories: list[int]):
+  def scene(self, image: np.ndarray,
+            categories: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augmented queries [C, D + 1], constants [C] and attention maps [C, h, w] of one scene
     [S, S, 3] for each of `categories`."""
     out = jax.device_get(self._scene_fn(self.state.variables(), image[None],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -39,7 +40,7 @@ class ClusterSpec:
 
 def spec_from(coordinator_address: str | None = None, num_processes: int | None = None,
               process_id: int | None = None, auto_detect: bool = False,
-              environ=os.environ) -> ClusterSpec:
+              environ: Mapping[str, str] = os.environ) -> ClusterSpec:
   """Flags first, then the `JAX_*` environment variables for whatever the flags left unset."""
   env_int = lambda name: int(environ[name]) if environ.get(name, "") != "" else None
   return ClusterSpec(

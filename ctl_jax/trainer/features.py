@@ -15,8 +15,9 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,23 +27,24 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from ctl_jax.trainer import sharding
+from ctl_jax.trainer.state import TrainState
 from input_pipeline import batching, feature_cache
 
 
-def weights_hash(variables) -> str:
+def weights_hash(variables: Any) -> str:
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(variables):
     h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
   return h.hexdigest()[:16]
 
 
-def backbone_variables(state) -> dict:
+def backbone_variables(state: TrainState) -> dict:
   """Host copy of the backbone's variables (the cache is only valid for a frozen backbone)."""
   return jax.device_get({"params": {"backbone": state.frozen_params["backbone"]},
                          "batch_stats": {"backbone": state.batch_stats["backbone"]}})
 
 
-def cache_root(config: ml_collections.ConfigDict, workdir: str, state,
+def cache_root(config: ml_collections.ConfigDict, workdir: str, state: TrainState,
                items: dict) -> tuple[Path, feature_cache.Manifest]:
   """Folder and manifest of the cache for this backbone, preprocessing and dataset."""
   if not config.model.freeze_backbone:
@@ -60,8 +62,9 @@ def cache_root(config: ml_collections.ConfigDict, workdir: str, state,
   return base / fp, manifest
 
 
-def extract_features(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, state,
-                     items: dict, *, region_kinds: Sequence[str]) -> feature_cache.FeatureCache:
+def extract_features(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
+                     state: TrainState, items: dict, *,
+                     region_kinds: Sequence[str]) -> feature_cache.FeatureCache:
   """Fills the cache of `items` (a task's `cache_items`) with the backbone of `model` at
   `state`, skipping finished shards, and returns it for reading.
 
@@ -78,7 +81,7 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, model: nn.
 
 
 @functools.lru_cache(maxsize=8)
-def backbone_forward(model: nn.Module, mesh: jax.sharding.Mesh):
+def backbone_forward(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable:
   """The jitted backbone pass of extraction: batch split over `mesh`, features gathered.
 
   Cached per (model, mesh), so repeated extractions in one process compile once."""

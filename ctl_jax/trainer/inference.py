@@ -27,7 +27,8 @@ MASK = "_mask"  # the validity column of padded evaluation batches; never sent t
 class ShardedApply:
   """`fn(state, batch, *, model) -> dict of arrays`, jitted for `mesh` and `state_sharding`."""
 
-  def __init__(self, fn: Callable, model: nn.Module, mesh: jax.sharding.Mesh, state_sharding):
+  def __init__(self, fn: Callable, model: nn.Module, mesh: jax.sharding.Mesh,
+               state_sharding: Any):
     self.mesh = mesh
     self._fn = jax.jit(functools.partial(fn, model=model),
                        in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
@@ -56,7 +57,7 @@ class ShardedApply:
     return {k: np.asarray(v[:n]) for k, v in self(state, batch).items()}
 
 
-def state_sharding(state: Any):
+def state_sharding(state: Any) -> Any:
   """The sharding of every leaf of `state` (what ShardedApply is jitted for)."""
   return jax.tree.map(lambda x: x.sharding, state)
 

@@ -27,7 +27,8 @@ OPTIMIZERS: dict[str, Callable] = {
 }
 
 
-def make_optimizer(opt_config: ml_collections.ConfigDict, num_steps: int):
+def make_optimizer(opt_config: ml_collections.ConfigDict,
+                   num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
   """(optax transformation, learning-rate schedule) from the `optimizer` config section."""
   if opt_config.schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule={opt_config.schedule!r}; choose from {list(SCHEDULES)}")

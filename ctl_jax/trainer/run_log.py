@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import ml_collections
 import tqdm
 
 from ctl_jax.trainer import cluster
@@ -25,7 +26,8 @@ RESULTS_FILE = "eval_metrics.json"
 DROPS_FILE = "dropped_records.jsonl"  # one JSON object per record the readers skipped
 
 
-def describe_outputs(config, workdir: str, checkpoint_dir: str) -> list[str]:
+def describe_outputs(config: ml_collections.ConfigDict, workdir: str,
+                     checkpoint_dir: str) -> list[str]:
   """The opening lines of a run: where it writes, and what it runs on."""
   t = config.train
   board = os.path.join(os.path.abspath(workdir), TENSORBOARD_DIR)
@@ -106,7 +108,8 @@ def _eta(seconds: float) -> str:
 class TrainReport:
   """Progress bar, log lines, metrics.jsonl and TensorBoard for one call of the training loop."""
 
-  def __init__(self, config, workdir: str, start_step: int, unit: str = "examples"):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, start_step: int,
+               unit: str = "examples"):
     self.num_steps = config.train.num_steps
     self.batch_size = config.input.batch_size
     self.unit = unit  # what one row of a batch is: "triplets" (scene), "tuples" (product)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -42,8 +42,9 @@ def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
           for k, v in batch.items()}
 
 
-def prefetch_to_device(host_batches: Iterable[dict[str, Any]], mesh: Mesh, size: int = 2,
-                       keys: Collection[str] | None = None):
+def prefetch_to_device(
+    host_batches: Iterable[dict[str, Any]], mesh: Mesh, size: int = 2,
+    keys: Collection[str] | None = None) -> Iterator[tuple[dict[str, Any], dict[str, jax.Array]]]:
   """Yields (host batch, global device batch of its `keys`), the device copies `size` ahead.
 
   Transfers are asynchronous, so while the step runs on batch t the next batches are already on

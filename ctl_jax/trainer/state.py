@@ -28,7 +28,7 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # base key; step t uses fold_in(rng, t)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
-  def variables(self, params=None) -> dict:
+  def variables(self, params: Any = None) -> dict:
     params = self.params if params is None else params
     return {"params": {**self.frozen_params, **params}, "batch_stats": self.batch_stats}
 
@@ -42,7 +42,8 @@ def split_params(params: dict, freeze_backbone: bool) -> tuple[dict, dict]:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_size: int, mesh, initial_variables: dict | None = None) -> TrainState:
+                       image_size: int, mesh: jax.sharding.Mesh,
+                       initial_variables: dict | None = None) -> TrainState:
   """A replicated TrainState, created directly with its sharding (no host copy of the params).
 
   Args:
@@ -86,6 +87,6 @@ def gradient_step(loss_fn: LossFn, state: TrainState, batch: dict,
                        opt_state=opt_state), metrics
 
 
-def abstract_state(state: TrainState):
+def abstract_state(state: TrainState) -> TrainState:
   """Shape/dtype/sharding skeleton of `state`, the restore target of a checkpoint."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

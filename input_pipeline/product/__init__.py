@@ -1,0 +1,1 @@
+"""The product task's dataset, tuple sampler and tf.data pipelines."""

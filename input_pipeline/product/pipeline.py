@@ -6,7 +6,7 @@ same global batch, and each process reads its own block of it.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf

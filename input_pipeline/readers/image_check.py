@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import tensorflow as tf
 import tqdm

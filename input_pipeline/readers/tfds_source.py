@@ -10,16 +10,18 @@ to its record (split, record index, position in the example), inside tf.data.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from array_record.python import array_record_data_source
 
-from input_pipeline.readers import ctl
-from input_pipeline.readers import stl
-from input_pipeline.readers import tfds_builders  # noqa: F401  (registers stl_fashion, ctl_outfits)
+from input_pipeline.readers import (
+  ctl,
+  stl,
+  tfds_builders,  # noqa: F401  (registers stl_fashion, ctl_outfits)
+)
 from input_pipeline.readers.drops import DataError, DropReport
 
 

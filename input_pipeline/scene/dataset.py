@@ -38,11 +38,6 @@ class SceneDataset:
     return [self.stl.image_paths[s] for s in sigs]
 
   @property
-  def scene_paths(self) -> list[str]:
-    """The image file of each scene (raw folders only)."""
-    return self._files(self.stl.scenes)
-
-  @property
   def product_paths(self) -> list[str]:
     """The image file of each product (raw folders only)."""
     return self._files(self.stl.products)

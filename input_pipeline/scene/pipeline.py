@@ -6,7 +6,7 @@ Each process reads its own block of every global batch (see `batching`); evaluat
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf

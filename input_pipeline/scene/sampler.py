@@ -1,4 +1,10 @@
-"""Splits and category-restricted triplet sampling for the scene-based task."""
+"""Splits, scene crops and category-restricted triplet sampling for the scene-based task.
+
+Scene preparation, as in both papers: a scene shows the product it is paired with, and training
+on it would teach the model to match pixels. So the scene is cut to the largest of the four
+rectangles left of, right of, above and below the product's box, and the pair is dropped when
+that rectangle is under a fraction of the image (`complement_crops`, `split_pairs`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,35 @@ import dataclasses
 import numpy as np
 
 from input_pipeline.readers.stl import StlData
-from input_pipeline.scene import crop as scene_crop
 from input_pipeline.splits import is_test_signature
+
+
+def complement_crops(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The largest rectangle of each scene that excludes its product box.
+
+  The candidates are the rectangles left of, right of, above and below the box, in this order;
+  of equal areas the first is kept.
+
+  Args:
+    boxes: [N, 4] normalised (left, top, right, bottom) product boxes.
+
+  Returns:
+    crops: [N, 4] normalised (left, top, right, bottom) of the kept rectangle.
+    fractions: [N] its area as a fraction of the image.
+  """
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  left, top, right, bottom = boxes.T
+  zeros, ones = np.zeros_like(left), np.ones_like(left)
+  candidates = np.stack([
+      np.stack([zeros, zeros, left, ones], -1),     # left of the box
+      np.stack([right, zeros, ones, ones], -1),     # right of the box
+      np.stack([zeros, zeros, ones, top], -1),      # above the box
+      np.stack([zeros, bottom, ones, ones], -1),    # below the box
+  ], axis=1)  # [N, 4 sides, 4 coords]
+  areas = (candidates[..., 2] - candidates[..., 0]) * (candidates[..., 3] - candidates[..., 1])
+  best = np.argmax(areas, axis=1)  # argmax takes the first of equal areas
+  rows = np.arange(len(boxes))
+  return candidates[rows, best], areas[rows, best]
 
 
 @dataclasses.dataclass
@@ -27,7 +60,7 @@ def split_pairs(data: StlData, split: str, test_fraction: float,
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
   scene_is_test = np.array([is_test_signature(s, test_fraction) for s in data.scenes], bool)
   in_split = scene_is_test[data.pair_scene] == (split == "test")
-  crops, fractions = scene_crop.complement_crops(data.pair_box)
+  crops, fractions = complement_crops(data.pair_box)
   keep = in_split & (fractions >= min_crop_fraction)
   return ScenePairs(pairs=np.flatnonzero(keep).astype(np.int32), crops=crops[keep],
                     num_too_small=int(np.sum(in_split & ~keep)))

@@ -1,0 +1,2 @@
+"""Command-line tools: the data generator (synthetic_*), the image downloader, the dataset
+inspector and `tfds build`."""

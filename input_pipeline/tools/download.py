@@ -29,9 +29,7 @@ import requests
 import tqdm
 from PIL import Image
 
-from input_pipeline.readers import ctl
-from input_pipeline.readers import image_folder
-from input_pipeline.readers import stl
+from input_pipeline.readers import ctl, image_folder, stl
 from input_pipeline.readers.drops import DataError, DropReport
 
 # The pattern of the public releases' image URLs (the datasets' READMEs): 400 px wide JPEGs.

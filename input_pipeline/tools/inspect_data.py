@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from input_pipeline.readers import ctl
-from input_pipeline.readers import image_folder
-from input_pipeline.readers import stl
+from input_pipeline.readers import ctl, image_folder, stl
 from input_pipeline.readers.drops import DropReport
 
 

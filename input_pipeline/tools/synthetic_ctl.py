@@ -18,9 +18,15 @@ from PIL import Image
 from input_pipeline.readers import ctl
 from input_pipeline.splits import is_test_signature
 from input_pipeline.tools import shapes
-from input_pipeline.tools.synthetic_world import (NUM_STYLES, Product, make_catalogue,
-                                                  popular_choice, products_by_style,
-                                                  render_all, signature)
+from input_pipeline.tools.synthetic_world import (
+  NUM_STYLES,
+  Product,
+  make_catalogue,
+  popular_choice,
+  products_by_style,
+  render_all,
+  signature,
+)
 
 # The thirteen labels of the published CTL test file, with their item counts (ctl-categories.tsv).
 CTL_CATEGORIES: dict[str, tuple[str, int]] = {

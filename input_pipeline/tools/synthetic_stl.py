@@ -14,9 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from input_pipeline.tools import shapes
-from input_pipeline.tools.synthetic_world import (NUM_STYLES, Product, make_catalogue,
-                                                  popular_choice, products_by_style,
-                                                  render_all, signature)
+from input_pipeline.tools.synthetic_world import (
+  NUM_STYLES,
+  Product,
+  make_catalogue,
+  popular_choice,
+  products_by_style,
+  render_all,
+  signature,
+)
 
 # STL-Fashion's ten categories with their published product counts (stl-categories.tsv).
 STL_CATEGORIES: dict[str, tuple[str, int]] = {

@@ -21,7 +21,8 @@ import dataclasses
 import hashlib
 import multiprocessing
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

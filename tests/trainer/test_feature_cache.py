@@ -1,15 +1,13 @@
 """The feature cache: same loss as the image path, resumable extraction, stale caches refused."""
 
 import functools
-import os
 
 import jax
 import numpy as np
 import pytest
 
-from ctl_jax.trainer import sharding
 from ctl_jax.scene import steps as scene_steps
-from ctl_jax.trainer import loop
+from ctl_jax.trainer import loop, sharding
 from input_pipeline import feature_cache
 from input_pipeline.readers.drops import DataError
 

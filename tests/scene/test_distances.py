@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctl_jax.scene import distances
 from ctl_jax.nn import losses
+from ctl_jax.scene import distances
 
 
 def _hand_example():
@@ -46,13 +46,17 @@ def test_global_local_hybrid_by_hand():
 
 
 def test_local_distance_decomposition_identity():
+  """d_l = sum_i a_i ||f_i||^2 - 2 q_c.f_p + ||f_p||^2: the form that ranks by inner product."""
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
   regions = jax.random.normal(k1, (3, 7, 5))  # deliberately not unit-norm
   weights = jax.nn.softmax(jax.random.normal(k2, (3, 7)), -1)
   products = jax.random.normal(k3, (3, 4, 5))
-  np.testing.assert_allclose(distances.local_distance_decomposed(regions, weights, products),
-                             distances.local_distance(regions, weights, products), rtol=1e-5,
-                             atol=1e-5)
+  region_term = jnp.einsum("br,br->b", weights, jnp.sum(jnp.square(regions), -1))
+  q = distances.category_query(regions, weights)
+  decomposed = (region_term[:, None] - 2.0 * jnp.einsum("bd,bnd->bn", q, products)
+                + jnp.sum(jnp.square(products), -1))
+  np.testing.assert_allclose(decomposed, distances.local_distance(regions, weights, products),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_ranking_query_gives_exact_hybrid_distance_for_unit_vectors():

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from ctl_jax.scene import losses
-from ctl_jax.trainer import sharding
-from ctl_jax.scene import steps as scene_steps
 from ctl_jax.scene import model as scene_model
+from ctl_jax.scene import steps as scene_steps
+from ctl_jax.trainer import optimizer, sharding
 from ctl_jax.trainer import state as train_state
-from ctl_jax.trainer import optimizer
 from input_pipeline.readers import stl
 from input_pipeline.scene import sampler as scene_sampler
 

@@ -11,11 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ctl_jax.serving import catalogue
 from ctl_jax.scene import distances
-from ctl_jax.serving import export
-from ctl_jax.serving import recommend
-from ctl_jax.serving import scene_predictor
+from ctl_jax.serving import catalogue, export, recommend, scene_predictor
 from ctl_jax.trainer import loop
 from input_pipeline.readers import stl
 from input_pipeline.readers.drops import DataError
@@ -43,7 +40,7 @@ def predictor(exported):
 
 
 def _scene_image(data):
-  return data.scene_paths[0]
+  return data.stl.image_paths[data.stl.scenes[0]]
 
 
 def test_export_is_readable_without_our_code(exported, predictor):
@@ -109,7 +106,8 @@ def test_recommend_every_category_blends_with_quota(exported, predictor):
 def test_bad_input_gives_clear_errors(exported, predictor, tmp_path):
   config, workdir, manifest, data = exported
   cat = catalogue.Catalogue(f"{workdir}/export")
-  flow = lambda image=_scene_image(data), cats=None, k=10, c=cat: recommend.scene_flow(
+  scene = _scene_image(data)
+  flow = lambda image=scene, cats=None, k=10, c=cat: recommend.scene_flow(
       predictor, c, image, cats, k)
   bad = tmp_path / "bad.jpg"
   bad.write_bytes(b"not an image")

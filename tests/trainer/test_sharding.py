@@ -5,11 +5,10 @@ import functools
 import jax
 import numpy as np
 
-from ctl_jax.trainer import sharding
-from ctl_jax.scene import steps as scene_steps
 from ctl_jax.scene import model as scene_model
+from ctl_jax.scene import steps as scene_steps
+from ctl_jax.trainer import optimizer, sharding
 from ctl_jax.trainer import state as train_state
-from ctl_jax.trainer import optimizer
 
 
 def test_four_devices_match_one_device(smoke_config):

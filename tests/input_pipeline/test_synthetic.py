@@ -11,7 +11,7 @@ from PIL import Image
 from ctl_jax import metrics
 from input_pipeline import preprocess
 from input_pipeline.readers import stl
-from input_pipeline.scene import crop as scene_crop
+from input_pipeline.scene import sampler as scene_sampler
 from input_pipeline.tools import synthetic_stl
 
 
@@ -32,7 +32,7 @@ def test_deterministic_by_seed(tmp_path):
 
 
 def test_format_and_realistic_statistics(stl_root):
-  rows = [json.loads(l) for l in open(stl_root / "fashion.json")]
+  rows = [json.loads(line) for line in open(stl_root / "fashion.json")]
   assert all(set(r) == {"product", "scene", "bbox"} and len(r["scene"]) == 32 for r in rows)
   data = stl.read_stl(stl_root)
   counts = np.bincount(data.pair_category)
@@ -58,7 +58,7 @@ def test_colour_similarity_is_near_chance_while_the_latent_style_ranks_well(stl_
   """The planted rule: a product's colour does not follow the scene's colours."""
   data = stl.read_stl(stl_root)
   truth = json.load(open(stl_root / "generator.json"))
-  crops, _ = scene_crop.complement_crops(data.pair_box)
+  crops, _ = scene_sampler.complement_crops(data.pair_box)
   rng = np.random.default_rng(0)
   product_colour = np.stack([_mean_colour(data.image_paths[p]) for p in data.products])
   product_style = np.array([truth["product_style"][p] for p in data.products])
@@ -68,7 +68,7 @@ def test_colour_similarity_is_near_chance_while_the_latent_style_ranks_well(stl_
     pool = np.flatnonzero(data.product_category == data.product_category[pos])
     neg = rng.choice(pool[pool != pos], 10)
     scene_colour = _mean_colour(data.image_paths[data.scenes[data.pair_scene[i]]], crops[i])
-    dist = lambda p: np.sum((product_colour[p] - scene_colour) ** 2, -1)
+    dist = lambda p: np.sum((product_colour[p] - scene_colour) ** 2, -1)  # noqa: B023 (used here)
     d_colour_pos.append(dist(pos))
     d_colour_neg.append(dist(neg))
     style = truth["scene_style"][data.scenes[data.pair_scene[i]]]

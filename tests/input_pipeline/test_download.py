@@ -3,10 +3,10 @@
 import io
 import json
 
+import image_server
 import numpy as np
 from PIL import Image
 
-import image_server
 from input_pipeline.readers import image_folder
 from input_pipeline.tools import download
 

@@ -68,7 +68,7 @@ def test_lenient_drops_pairs_of_broken_images_strict_names_them(small_stl, tmp_p
   assert sum("unusable image" in d.reason for d in ds.drops.drops) == hit
   assert not broken & (set(ds.stl.scenes) | set(ds.stl.products))
   run_log.write_drop_report(ds.drops, str(tmp_path))  # what the trainer leaves in its workdir
-  written = [json.loads(l) for l in (tmp_path / run_log.DROPS_FILE).read_text().splitlines()]
+  written = [json.loads(line) for line in (tmp_path / run_log.DROPS_FILE).read_text().splitlines()]
   assert [(d["line"], d["reason"]) for d in written] == [(d.line, d.reason)
                                                          for d in ds.drops.drops]
   config.data.strict = True

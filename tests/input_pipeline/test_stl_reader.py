@@ -15,7 +15,7 @@ DATA = pathlib.Path(__file__).parent / "data"  # real files of the public releas
 
 def test_reads_generated_dataset(stl_root):
   data = stl.read_stl(stl_root)
-  rows = [json.loads(l) for l in open(stl_root / "fashion.json")]
+  rows = [json.loads(line) for line in open(stl_root / "fashion.json")]
   assert len(data) == len(rows) and len(data.drops) == 0
   assert len(data.categories) >= 8
   # Boxes and signatures survive exactly.
@@ -53,7 +53,7 @@ def _broken_copy(stl_root, tmp_path, extra_lines):
 
 
 def test_lenient_mode_skips_counts_and_names_every_bad_record(stl_root, tmp_path):
-  good = [json.loads(l) for l in open(stl_root / "fashion.json")]
+  good = [json.loads(line) for line in open(stl_root / "fashion.json")]
   sig = good[0]["product"]
   bad = [
       "",  # blank line: ignored, not a record
@@ -81,7 +81,7 @@ def test_lenient_mode_skips_counts_and_names_every_bad_record(stl_root, tmp_path
 
 
 def test_strict_mode_names_file_line_and_field(stl_root, tmp_path):
-  good = [json.loads(l) for l in open(stl_root / "fashion.json")]
+  good = [json.loads(line) for line in open(stl_root / "fashion.json")]
   row = dict(good[0], bbox=[0.5, 0.5, 0.4, 0.9], product=good[1]["product"])
   root = _broken_copy(stl_root, tmp_path, [json.dumps(row)])
   with pytest.raises(DataError, match=rf"fashion.json:{len(good) + 1}: field 'bbox': inverted"):

@@ -8,8 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from ctl_jax.nn import backbones
-from ctl_jax.nn import keras_weights
+from ctl_jax.nn import backbones, keras_weights
 from ctl_jax.trainer import loop
 from input_pipeline import preprocess
 

@@ -61,7 +61,8 @@ def test_corpora_follow_the_protocol():
   for q, items, pos in zip(full.query, full.items, full.positive):
     own = test.item_outfit[q]
     assert q not in items and len(set(items)) == 10
-    assert np.all(test.item_outfit[items[pos]] == own) and np.all(test.item_outfit[items[~pos]] != own)
+    assert np.all(test.item_outfit[items[pos]] == own)
+    assert np.all(test.item_outfit[items[~pos]] != own)
   assert len(restricted.query) == 15 * 4
   for q, items, pos, valid, c in zip(restricted.query, restricted.items, restricted.positive,
                                      restricted.valid, restricted.category):

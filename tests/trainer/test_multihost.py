@@ -4,6 +4,7 @@ rerun resumes exactly."""
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -14,11 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from ctl_jax.trainer import checkpoint
-from ctl_jax.trainer import run_log
-from ctl_jax.trainer import loop
+from ctl_jax.trainer import checkpoint, loop, run_log
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])  # the repository
 TIMEOUT = 900  # seconds; generous: several engineers share 2 cores
 
 

@@ -7,7 +7,6 @@ from PIL import Image
 
 from input_pipeline import batching, preprocess
 from input_pipeline.readers import stl
-from input_pipeline.scene import crop as scene_crop
 from input_pipeline.scene import pipeline as scene_pipeline
 from input_pipeline.scene import sampler as scene_sampler
 
@@ -84,7 +83,7 @@ def test_train_batches_are_deterministic_and_shaped(sampler, stl_root):
 
 def test_fused_jpeg_crop_equals_decode_then_slice(stl_root):
   data = stl.read_stl(stl_root)
-  crops, _ = scene_crop.complement_crops(data.pair_box[:5])
+  crops, _ = scene_sampler.complement_crops(data.pair_box[:5])
   for i, crop in enumerate(crops):
     raw = tf.io.read_file(data.image_paths[data.scenes[data.pair_scene[i]]])
     fused = preprocess.decode_and_crop(raw, tf.constant(crop)).numpy()

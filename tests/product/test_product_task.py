@@ -6,8 +6,8 @@ import json
 import jax
 import numpy as np
 
-from ctl_jax.serving import product_predictor
 from ctl_jax.product import evaluation as product_eval
+from ctl_jax.serving import product_predictor
 from ctl_jax.trainer import loop
 from input_pipeline.product import dataset as product_data
 

@@ -11,7 +11,7 @@ from PIL import Image
 from input_pipeline.readers import image_folder
 from input_pipeline.tools import inspect_data, synthetic_ctl
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]  # the repository
 
 
 def _jpeg(path: Path) -> None:
@@ -56,8 +56,8 @@ def test_cli_writes_ctl_json(tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   s = json.loads(out.read_text())
-  train = [l.split("\t") for l in raw.read_text().splitlines()[1:-1]]
-  test = [l.split("\t") for l in (tmp_path / "raw_test.tsv").read_text().splitlines()[1:]]
+  train = [line.split("\t") for line in raw.read_text().splitlines()[1:-1]]
+  test = [line.split("\t") for line in (tmp_path / "raw_test.tsv").read_text().splitlines()[1:]]
   assert s["items"] == len(train) + len(test)
   assert s["groups"] == len({r[0] for r in train + test})
   assert sum(s["categories"].values()) == s["items"]

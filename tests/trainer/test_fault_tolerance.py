@@ -12,12 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctl_jax.trainer import checkpoint
-from ctl_jax.trainer import nonfinite
-from ctl_jax.trainer import run_log
 from ctl_jax import task as task_lib
 from ctl_jax.scene.task import SceneTask
-from ctl_jax.trainer import loop
+from ctl_jax.trainer import checkpoint, loop, nonfinite, run_log
 
 
 def _leaves_equal(a, b):
@@ -167,9 +164,10 @@ def test_nonfinite_step_skipped_by_config(smoke_config, tmp_path, monkeypatch):
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved[4].params))
   with open(tmp_path / run_log.METRICS_FILE) as f:
     lines = [json.loads(line) for line in f]
-  assert [l["step"] for l in lines] == [1, 2, 3, 4]
-  assert [l["skipped_steps"] for l in lines] == [0, 0, 1, 1]
-  assert lines[2]["loss"] is None and all(np.isfinite(l["loss"]) for l in lines if l["step"] != 3)
+  assert [line["step"] for line in lines] == [1, 2, 3, 4]
+  assert [line["skipped_steps"] for line in lines] == [0, 0, 1, 1]
+  assert lines[2]["loss"] is None
+  assert all(np.isfinite(line["loss"]) for line in lines if line["step"] != 3)
   with open(tmp_path / nonfinite.REPORT_FILE) as f:
     assert [json.loads(line)["action"] for line in f] == ["skip"]
 
@@ -190,14 +188,14 @@ def test_metrics_jsonl_and_tensorboard(smoke_config, tmp_path):
   loop.train(loop.setup(smoke_config, str(tmp_path)))  # resumes at 3, logs step 4
   with open(tmp_path / run_log.METRICS_FILE) as f:
     lines = [json.loads(line) for line in f]
-  assert [l["step"] for l in lines] == [1, 2, 3, 4]
+  assert [line["step"] for line in lines] == [1, 2, 3, 4]
   board = _tensorboard_scalars(tmp_path / run_log.TENSORBOARD_DIR)
   for name in ("loss", "triplet_accuracy", "learning_rate", "triplets_per_second"):
     assert sorted(board[f"train/{name}"]) == [1, 2, 3, 4]
     # metrics.jsonl has every bit of the float32 value (TensorBoard stores float32).
-    assert [np.float32(l[name]) for l in lines] == [np.float32(board[f"train/{name}"][s])
+    assert [np.float32(line[name]) for line in lines] == [np.float32(board[f"train/{name}"][s])
                                                     for s in (1, 2, 3, 4)]
   # The learning rate of each step's update, from the schedule (warmup from 0).
-  assert [l["learning_rate"] for l in lines] == [float(np.float32(run.schedule(s)))
+  assert [line["learning_rate"] for line in lines] == [float(np.float32(run.schedule(s)))
                                                  for s in range(4)]
   assert lines[0]["learning_rate"] == 0.0 and lines[2]["learning_rate"] > 0

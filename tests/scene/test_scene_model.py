@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from ctl_jax.nn import backbones
-from ctl_jax.trainer import sharding
-from ctl_jax.scene import steps as scene_steps
 from ctl_jax.scene import model as scene_model
+from ctl_jax.scene import steps as scene_steps
+from ctl_jax.trainer import optimizer, sharding
 from ctl_jax.trainer import state as train_state
-from ctl_jax.trainer import optimizer
 
 
 def test_resnet50_outputs_and_parameter_count_match_keras():
@@ -67,15 +66,18 @@ def test_frozen_backbone_has_no_gradients_or_optimizer_state(smoke_config, freez
            "negative": rng.normal(size=(4, 1, size, size, 3)).astype(np.float32),
            "category": np.arange(4, dtype=np.int32)}
   before = jax.device_get(state)
-  step = jax.jit(functools.partial(scene_steps.train_step, model=model, margin=1.0, reduction="mean",
+  step = jax.jit(functools.partial(scene_steps.train_step, model=model, margin=1.0,
+                                   reduction="mean",
                                    schedule=lambda s: 1e-3))
   after, _ = step(state, sharding.to_global(batch, mesh))
   after = jax.device_get(after)
   all_params = lambda s: {**s.frozen_params, **s.params}
   backbone_changed = not all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(all_params(before)["backbone"]), jax.tree.leaves(all_params(after)["backbone"])))
+      jax.tree.leaves(all_params(before)["backbone"]),
+      jax.tree.leaves(all_params(after)["backbone"])))
   stats_changed = not all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(before.batch_stats["backbone"]), jax.tree.leaves(after.batch_stats["backbone"])))
+      jax.tree.leaves(before.batch_stats["backbone"]),
+      jax.tree.leaves(after.batch_stats["backbone"])))
   heads_changed = not all(np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(before.params["heads"]), jax.tree.leaves(after.params["heads"])))
   assert heads_changed
@@ -99,8 +101,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_the_float32_loss(smoke_co
     model = scene_model.create_model(smoke_config.model, num_categories=4)
     state = train_state.create_train_state(model, tx, jax.random.PRNGKey(0), size, mesh)
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
-    jaxpr = str(jax.make_jaxpr(lambda x: model.apply(state.variables(), x,
-                                                     method=model.features))(batch["scene"]))
+    features = lambda x: model.apply(state.variables(), x, method=model.features)  # noqa: B023
+    jaxpr = str(jax.make_jaxpr(features)(batch["scene"]))
     assert ("bf16[" in jaxpr) == (dtype == "bfloat16")  # the convolutions compute in `dtype`
     losses[dtype] = float(jax.jit(functools.partial(
         scene_steps.triplet_loss, model=model, margin=1.0, reduction="mean"))(

@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from ctl_jax.trainer import checkpoint
-from ctl_jax.trainer import loop
+from ctl_jax.trainer import checkpoint, loop
 
 
 def _leaves_equal(a, b):
@@ -23,7 +22,8 @@ def test_save_restore_round_trip(smoke_config, tmp_path):
   restored, meta = fresh.restore(run.fresh_state())
   assert meta["note"] == "x" and int(restored.step) == 7
   assert _leaves_equal(jax.device_get(restored), jax.device_get(state))
-  assert not _leaves_equal(jax.device_get(restored.params), jax.device_get(run.fresh_state().params))
+  assert not _leaves_equal(jax.device_get(restored.params),
+                           jax.device_get(run.fresh_state().params))
   # Shardings follow the target, so the restored state is ready for the jitted step.
   leaf = jax.tree.leaves(restored.params)[0]
   assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == jax.device_count()
