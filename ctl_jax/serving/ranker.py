@@ -1,6 +1,6 @@
 """Exact top-K ranking of a catalogue by one inner product per product.
 
-Both models' distances are affine in an inner product of augmented vectors (DESIGN.md):
+Both models' distances are affine in an inner product of augmented vectors:
 
   hybrid (scene)  d(s, p) = c_s - v.f_p + ||f_p||^2,  v = f_s + q_c,
                   c_s = (||f_s||^2 + sum_i a_i ||f_i||^2) / 2      (= 1 for unit vectors)
