@@ -103,19 +103,21 @@ def _run_model_command(name: str):
   """Joins the cluster, then runs the trainer's command `name` (ctl_jax/trainer/loop.py);
   expected failures end with their message and exit code 1 (no traceback)."""
   _start()
-  from ctl_jax.trainer import (
-    checkpoint,
-    loop,  # after joining: nothing may touch a device before
-    nonfinite,
-  )
+  # Imported after joining the cluster: nothing may touch a device before.
+  from ctl_jax.trainer import checkpoint, config_fields, loop, nonfinite
   commands = {"train": loop.train_and_evaluate, "evaluate": loop.evaluate_checkpoint,
               "extract-features": loop.extract_features}
   try:
     commands[name](FLAGS.config, FLAGS.workdir)
   except (nonfinite.NonFiniteError, checkpoint.IncompatibleCheckpointError,
-          checkpoint.CorruptCheckpointError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(1)
+          checkpoint.CorruptCheckpointError, config_fields.ConfigError) as e:
+    _fail(e)
+
+
+def _fail(error: Exception):
+  """Ends an expected failure with its one-line message and exit code 1 (no traceback)."""
+  logging.error("%s: %s", type(error).__name__, error)
+  sys.exit(1)
 
 
 def train():
@@ -135,9 +137,14 @@ def export():
   _hide_gpus_from_tensorflow()
   from ctl_jax.serving import export as export_lib
   from ctl_jax.serving import restore, savedmodel, scene_predictor
+  from ctl_jax.trainer import config_fields
   config = FLAGS.config or restore.config_from_meta(restore.open_checkpoint(FLAGS.workdir)[2])
   out = FLAGS.out or f"{FLAGS.workdir}/export"
-  manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out, FLAGS.dtype)
+  try:
+    manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out,
+                                            FLAGS.dtype)
+  except config_fields.ConfigError as e:
+    _fail(e)
   if not manifest:  # written by process 0
     return
   print(f"exported {manifest['num_products']} products (step {manifest['model_step']}, "
@@ -152,9 +159,13 @@ def recommend():
   _need("workdir")
   _hide_gpus_from_tensorflow()
   from ctl_jax.serving import recommend as recommend_lib
-  recommend_lib.recommend(FLAGS.workdir, scene=FLAGS.scene, product=FLAGS.product,
-                          categories=FLAGS.category, k=FLAGS.k, quota=FLAGS.quota,
-                          embeddings=FLAGS.embeddings, out=FLAGS.out, config=FLAGS.config)
+  from ctl_jax.trainer import config_fields
+  try:
+    recommend_lib.recommend(FLAGS.workdir, scene=FLAGS.scene, product=FLAGS.product,
+                            categories=FLAGS.category, k=FLAGS.k, quota=FLAGS.quota,
+                            embeddings=FLAGS.embeddings, out=FLAGS.out, config=FLAGS.config)
+  except config_fields.ConfigError as e:
+    _fail(e)
 
 
 def generate_data():

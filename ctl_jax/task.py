@@ -23,6 +23,7 @@ import numpy as np
 
 from ctl_jax.product.task import ProductTask
 from ctl_jax.scene.task import SceneTask
+from ctl_jax.trainer.config_fields import ConfigError
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.readers.drops import DropReport
 
@@ -98,5 +99,5 @@ TASKS: dict[str, type] = {"scene": SceneTask, "product": ProductTask}
 def get_task(name: str) -> Task:
   """The task of `config.task`."""
   if name not in TASKS:
-    raise ValueError(f"task={name!r}; choose from {list(TASKS)}")
+    raise ConfigError(f"task={name!r}; choose from {list(TASKS)}")
   return TASKS[name]()

@@ -18,7 +18,7 @@ from ctl_jax.product import evaluation as product_eval
 from ctl_jax.product import model as product_model
 from ctl_jax.product import steps as product_steps
 from ctl_jax.product.model import ProductModel
-from ctl_jax.trainer import inference
+from ctl_jax.trainer import sharding
 from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.product import dataset as product_data
@@ -114,7 +114,7 @@ class ProductTask:
   def evaluate(self, config: ml_collections.ConfigDict, data: product_data.ProductDataset,
                model: ProductModel, mesh: jax.sharding.Mesh, state: TrainState,
                cache: FeatureCache | None, untrained_state: TrainState | None = None) -> dict:
-    embed = product_eval.ItemEmbedder(model, mesh, inference.state_sharding(state), config,
+    embed = product_eval.ItemEmbedder(model, mesh, sharding.shardings_of(state), config,
                                       cache=cache)
     return product_eval.evaluate(state, embed, data, config, untrained_state=untrained_state)
 

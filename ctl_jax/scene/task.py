@@ -16,7 +16,7 @@ import numpy as np
 from ctl_jax.scene import evaluation as scene_eval
 from ctl_jax.scene import steps as scene_steps
 from ctl_jax.scene.model import SceneModel, create_model
-from ctl_jax.trainer import inference
+from ctl_jax.trainer import sharding
 from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
@@ -102,7 +102,7 @@ class SceneTask:
   def evaluate(self, config: ml_collections.ConfigDict, data: SceneDataset, model: SceneModel,
                mesh: jax.sharding.Mesh, state: TrainState, cache: FeatureCache | None,
                untrained_state: TrainState | None = None) -> dict:
-    embedder = scene_eval.SceneEmbedder(model, mesh, inference.state_sharding(state), config,
+    embedder = scene_eval.SceneEmbedder(model, mesh, sharding.shardings_of(state), config,
                                         cache=cache)
     return scene_eval.evaluate(state, embedder, data, config, untrained_state=untrained_state)
 

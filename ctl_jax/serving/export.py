@@ -22,7 +22,7 @@ import numpy as np
 from ctl_jax.scene import evaluation as scene_eval
 from ctl_jax.serving import catalogue, product_predictor
 from ctl_jax.serving.restore import restore
-from ctl_jax.trainer import inference
+from ctl_jax.trainer import sharding
 from input_pipeline.readers import image_folder, stl
 from input_pipeline.readers.drops import DataError, DropReport
 
@@ -63,7 +63,7 @@ def _scene_from_features(config, workdir):
     config.data.source = "features"
   run = loop.setup(config, workdir)
   state = loop.restore_trained(run)
-  embedder = scene_eval.SceneEmbedder(run.model, run.mesh, inference.state_sharding(state),
+  embedder = scene_eval.SceneEmbedder(run.model, run.mesh, sharding.shardings_of(state),
                                       config, cache=run.feature_cache(state))
   data = run.data
   emb = embedder.products(state, data)
@@ -77,7 +77,7 @@ def _scene_from_folder(config, workdir, folder):
       folder, scene.categories, images_dir=config.data.images_dir,
       category_map=dict(config.data.category_map) or None, strict=config.data.strict)
   embedder = scene_eval.SceneEmbedder(scene.model, scene.mesh,
-                                      inference.state_sharding(scene.state), config)
+                                      sharding.shardings_of(scene.state), config)
   return (embedder.product_images(scene.state, files), sigs, ids, files, scene.step,
           scene.categories, report)
 

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from ctl_jax.product import steps as product_steps
 from ctl_jax.serving.restore import Restored, restore
-from ctl_jax.trainer import inference
+from ctl_jax.trainer import inference, sharding
 from input_pipeline import preprocess
 
 
@@ -55,7 +55,7 @@ class ProductPredictor:
     self.cooccurrence = np.asarray(restored.meta["cooccurrence"], np.int64)
     self.category_outfits = np.asarray(restored.meta["category_outfits"], np.int64)
     self._apply = inference.ShardedApply(product_steps.item_step, self.model, self.mesh,
-                                         inference.state_sharding(self.state))
+                                         sharding.shardings_of(self.state))
 
   def load_items(self, paths: list[str],
                  boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> np.ndarray:

@@ -127,17 +127,20 @@ def scene_flow(predictor: ScenePredictor, cat: catalogue_lib.Catalogue, image_pa
   return items, {c: attention[j] for j, c in enumerate(categories)}
 
 
-def product_flow(config: ml_collections.ConfigDict, workdir: str, cat: catalogue_lib.Catalogue,
-                 image_path: str, k: int, categories: list[str] | None = None,
+def product_flow(config: ml_collections.ConfigDict | None, workdir: str,
+                 cat: catalogue_lib.Catalogue, image_path: str, k: int,
+                 categories: list[str] | None = None,
                  max_categories: int = 4) -> tuple[list[Item], str, dict[str, float]]:
-  """(ranked items, predicted category, complementary categories with weights) of a product."""
+  """(ranked items, predicted category, complementary categories with weights) of a product
+  (`config` None: the checkpoint's)."""
   from ctl_jax.serving import product_predictor  # restores checkpoints: imported when needed
   html_report.open_image(image_path)  # a clear error before any model work
   predictor = product_predictor.restore_product_predictor(workdir, config)
   if cat.manifest["kind"] != "style_l2":
     raise catalogue_lib.ManifestMismatch(f"{cat.root} holds {cat.manifest['kind']} embeddings; "
                                          "a product query needs the product model's export")
-  cat.check_model(predictor.step, catalogue_lib.model_fingerprint(config, predictor.categories))
+  cat.check_model(predictor.step,
+                  catalogue_lib.model_fingerprint(predictor.config, predictor.categories))
   images = predictor.load_items([image_path])
   out = predictor.embed(images)
   probs = out["probs"][0]
@@ -209,13 +212,12 @@ def recommend(workdir: str, *, scene: str | None = None, product: str | None = N
     raise ValueError("pass exactly one of --scene IMG or --product IMG")
   cat = catalogue_lib.Catalogue(embeddings or os.path.join(workdir, "export"))
   out = out or os.path.join(workdir, "recommend")
-  from ctl_jax.serving import restore, scene_predictor  # imported when a command runs
+  from ctl_jax.serving import scene_predictor  # restores checkpoints: imported when a command runs
   if scene is not None:
     predictor = predictor or scene_predictor.restore_scene_predictor(workdir, config)
     items, attention = scene_flow(predictor, cat, scene, categories, k, quota)
     title, query = f"Complete the look: {os.path.basename(scene)}", scene
   else:
-    config = config or restore.config_from_meta(restore.open_checkpoint(workdir)[2])
     items, predicted, weights = product_flow(config, workdir, cat, product, k, categories)
     print(f"predicted category: {predicted}; complementary: "
           + ", ".join(f"{c} ({w:.2f})" for c, w in weights.items()))

@@ -53,7 +53,11 @@ def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None
   """The latest checkpoint of `workdir` with its model (config from the checkpoint unless
   given); ValueError when `task` is given and the checkpoint holds another task's model."""
   ckpt, step, meta = open_checkpoint(workdir)
-  config = config_from_meta(meta) if config is None else config
+  if config is None:
+    config = config_from_meta(meta)
+  else:  # the user's: exactly its task's fields, as for training
+    chosen = task_lib.get_task(config.task)
+    config_fields.check_fields(config, chosen.name, chosen.config_base)
   if task is not None and config.task != task:
     raise ValueError(f"{workdir} holds a {config.task!r} model; this needs the {task} model")
   model = task_lib.get_task(config.task).create_model(config, meta)

@@ -16,6 +16,10 @@ import ml_collections
 FREE_FORM = ("data.category_map",)  # user-defined keys below these fields
 
 
+class ConfigError(ValueError):
+  """A config that the chosen task cannot run: unknown task, or fields it does not read."""
+
+
 def config_dict(config: ml_collections.ConfigDict) -> dict:
   """The config as plain JSON values (what checkpoints record)."""
   return json.loads(config.to_json_best_effort())
@@ -45,7 +49,7 @@ def task_base(config_base: str) -> ml_collections.ConfigDict:
 
 
 def check_fields(config: ml_collections.ConfigDict, task_name: str, config_base: str) -> None:
-  """ValueError naming every field of `config` that task `task_name` does not read, and every
+  """ConfigError naming every field of `config` that task `task_name` does not read, and every
   field it reads that `config` lacks."""
   have = flatten(config_dict(config)).keys()
   want = flatten(config_dict(task_base(config_base))).keys()
@@ -56,7 +60,7 @@ def check_fields(config: ml_collections.ConfigDict, task_name: str, config_base:
   if want - have:
     problems.append(f"missing (task {task_name!r} reads them): {', '.join(sorted(want - have))}")
   if problems:
-    raise ValueError(f"config fields {'; '.join(problems)}. A {task_name} config has exactly "
+    raise ConfigError(f"config fields {'; '.join(problems)}. A {task_name} config has exactly "
                      f"the fields of {where}; build yours from it.")
 
 
@@ -66,8 +70,9 @@ def upgraded(saved: dict, config_base: str) -> ml_collections.ConfigDict:
   longer exist (e.g. `data.format`, or the other task's fields in older records) are dropped."""
   config = task_base(config_base)
   known = flatten(config_dict(config))
-  dropped = sorted(set(flatten(saved)) - set(known))
-  for field, value in flatten(saved).items():
+  saved_fields = flatten(saved)
+  dropped = sorted(saved_fields.keys() - known.keys())
+  for field, value in saved_fields.items():
     if field not in known:
       continue
     section, name = config, field.split(".")

@@ -57,11 +57,6 @@ class ShardedApply:
     return {k: np.asarray(v[:n]) for k, v in self(state, batch).items()}
 
 
-def state_sharding(state: Any) -> Any:
-  """The sharding of every leaf of `state` (what ShardedApply is jitted for)."""
-  return jax.tree.map(lambda x: x.sharding, state)
-
-
 def image_batches(config: ml_collections.ConfigDict, images: ImageRows | Sequence[str],
                   crops: np.ndarray | None,
                   extras: dict[str, np.ndarray] | None = None) -> Iterator[dict]:

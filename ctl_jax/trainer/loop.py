@@ -142,7 +142,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 def make_train_step(run: Run, state: TrainState) -> Callable:
   """The task's step, guarded against non-finite values (see nonfinite.py), jitted once: state
   replicated, batch on `data`, state buffers donated."""
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  state_sharding = sharding.shardings_of(state)
   fn = nonfinite.guard(run.task.train_step(run.config, run.model, run.schedule),
                        run.config.train.on_nonfinite)
   return jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharded(run.mesh)),

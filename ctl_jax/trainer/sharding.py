@@ -29,6 +29,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def shardings_of(tree: Any) -> Any:
+  """The sharding of every leaf of `tree` (e.g. a train state, for jit's in/out_shardings)."""
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
 def global_batch_size_check(global_batch: int, mesh: Mesh) -> None:
   if global_batch % mesh.size:
     raise ValueError(f"global batch size {global_batch} must be a multiple of the "

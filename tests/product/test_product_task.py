@@ -3,12 +3,11 @@ feature cache, and the serving API the product-query flow uses."""
 
 import json
 
-import jax
 import numpy as np
 
 from ctl_jax.product import evaluation as product_eval
 from ctl_jax.serving import product_predictor
-from ctl_jax.trainer import loop
+from ctl_jax.trainer import loop, sharding
 from input_pipeline.product import dataset as product_data
 
 
@@ -47,7 +46,7 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
   run = loop.setup(config, workdir)
   state = run.restore_or_init()
   cache = loop.extract_features(config, workdir)
-  sharding_of = jax.tree.map(lambda x: x.sharding, state)
+  sharding_of = sharding.shardings_of(state)
   from_images = product_eval.ItemEmbedder(run.model, run.mesh, sharding_of, config)(
       state, run.data.test)
   from_cache = product_eval.ItemEmbedder(run.model, run.mesh, sharding_of, config,

@@ -6,14 +6,15 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from ctl_jax.scene import distances
-from ctl_jax.serving import catalogue, export, recommend, scene_predictor
-from ctl_jax.trainer import loop
+from ctl_jax.serving import catalogue, export, recommend, restore, scene_predictor
+from ctl_jax.trainer import config_fields, loop
 from input_pipeline.readers import stl
 from input_pipeline.readers.drops import DataError
 
@@ -163,3 +164,12 @@ def test_product_query_ranks_by_style_distance_and_blends(tmp_path):
   without = recommend.product_items(catalogue.Catalogue(tmp_path), style, {"Pants": 1.0}, 3,
                                     exclude={best(1)[0]})  # the query item itself
   assert [it.signature for it in without] == best(1)[1:4]
+
+
+def test_a_given_config_with_a_foreign_field_is_refused(exported):
+  """Serving checks a user's --config as the trainer does: exactly the task's fields."""
+  config, workdir, _, _ = exported
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.loss.name = "proxy"  # a product-task field in a scene config
+  with pytest.raises(config_fields.ConfigError, match=r"not read by task 'scene': loss\.name"):
+    restore.restore(workdir, config)

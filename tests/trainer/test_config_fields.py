@@ -1,7 +1,10 @@
 """Configs have exactly their task's fields; checkpoint configs read back on today's fields."""
 
 import importlib
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -25,8 +28,9 @@ def test_a_field_of_the_other_task_is_an_error():
   with config.unlocked():
     config.loss.in_batch_negatives = True  # a scene-task field, silently unused before
     config.model.local_hidden = 32
-  with pytest.raises(ValueError, match=r"not read by task 'product': loss\.in_batch_negatives, "
-                                       r"model\.local_hidden"):
+  with pytest.raises(config_fields.ConfigError,
+                     match=r"not read by task 'product': loss\.in_batch_negatives, "
+                           r"model\.local_hidden"):
     config_fields.check_fields(config, "product", "configs.product_default")
 
 
@@ -87,3 +91,21 @@ def test_every_task_implements_the_interface(name):
 def test_an_unknown_task_is_a_clear_error():
   with pytest.raises(ValueError, match=r"task='scenes'; choose from \['scene', 'product'\]"):
     task_lib.get_task("scenes")
+
+
+def test_run_py_stops_on_a_foreign_field_with_one_line(tmp_path):
+  """A config file that sets a field of the other task: exit 1, one error line, no traceback,
+  no workdir created."""
+  bad = tmp_path / "bad_config.py"
+  bad.write_text("from configs import product_smoke\n\n\ndef get_config():\n"
+                 "  config = product_smoke.get_config()\n"
+                 "  config.loss.in_batch_negatives = True\n  return config\n")
+  root = pathlib.Path(__file__).resolve().parents[2]
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, str(root / "run.py"), "train", "--config", str(bad),
+                         "--workdir", str(workdir)], cwd=root, capture_output=True, text=True,
+                        timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "ConfigError: config fields not read by task 'product': loss.in_batch_negatives" in (
+      proc.stderr)
+  assert "Traceback" not in proc.stderr and not workdir.exists()
