@@ -30,6 +30,9 @@ flags.DEFINE_integer("outfits", None, "generate-data: number of outfit collages 
                      "default: as many as scenes.")
 flags.DEFINE_enum("format", "both", ["stl", "ctl", "both"], "generate-data: which formats.")
 flags.DEFINE_integer("seed", 0, "generate-data: seed (same seed, same bytes).")
+flags.DEFINE_float("reuse", 72_198 / 38_111, "generate-data: mean (scene, product) pairs or "
+                   "outfits per product; 1 makes every product unique. Default: STL-Fashion's "
+                   "1.89 (72,198 pairs of 38,111 products).")
 flags.DEFINE_string("catalogue", None, "export: a catalogue folder (fashion-cat.json + images/) "
                     "or 'features' (the training products, from the feature cache).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "export: embedding file dtype.")
@@ -172,11 +175,15 @@ def generate_data():
   _need("out")
   from input_pipeline.tools import synthetic_ctl, synthetic_stl
   if FLAGS.format in ("stl", "both"):
-    summary = synthetic_stl.write_stl_dataset(FLAGS.out, FLAGS.scenes, FLAGS.seed)
+    summary = synthetic_stl.write_stl_dataset(FLAGS.out, FLAGS.scenes, FLAGS.seed,
+                                               reuse=FLAGS.reuse)
     print(f"{FLAGS.out} (STL): {summary['scenes']} scenes, {summary['products']} products, "
-          f"{summary['pairs']} pairs; pairs per category {summary['pairs_per_category']}")
+          f"{summary['pairs']} pairs ({summary['pairs_per_product']} per product, "
+          f"{summary['pairs_per_scene']} per scene); pairs per category "
+          f"{summary['pairs_per_category']}")
   if FLAGS.format in ("ctl", "both"):
-    summary = synthetic_ctl.write_ctl_dataset(FLAGS.out, FLAGS.outfits or FLAGS.scenes, FLAGS.seed)
+    summary = synthetic_ctl.write_ctl_dataset(FLAGS.out, FLAGS.outfits or FLAGS.scenes, FLAGS.seed,
+                                               reuse=FLAGS.reuse)
     print(f"{FLAGS.out} (CTL): {summary['outfits']} outfits, items {summary['items']}, "
           f"items per outfit {summary['items_per_outfit']}")
 

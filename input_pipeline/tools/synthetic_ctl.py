@@ -20,10 +20,10 @@ from input_pipeline.splits import is_test_signature
 from input_pipeline.tools import shapes
 from input_pipeline.tools.synthetic_world import (
   NUM_STYLES,
-  Product,
-  make_catalogue,
-  popular_choice,
-  products_by_style,
+  STL_PAIRS_PER_PRODUCT,
+  Catalogue,
+  add_latents,
+  latents_path,
   render_all,
   signature,
 )
@@ -49,11 +49,13 @@ class Outfit:
   items: tuple[int, ...]  # catalogue indices
 
 
-def make_outfits(num_outfits: int, products: list[Product], seed: int) -> list[Outfit]:
-  """Outfits of 3-7 distinct categories, one style each, wearing popular products of it."""
+def make_outfits(num_outfits: int, seed: int, reuse: float = STL_PAIRS_PER_PRODUCT
+                 ) -> tuple[list[Outfit], Catalogue]:
+  """Outfits of 3-7 distinct categories and one style each, and the catalogue they wear
+  (products recur `reuse` times on average, see `Catalogue`)."""
   rng = np.random.default_rng([seed, 4])
-  by_key = products_by_style(products)
-  names = sorted({p.category for p in products})
+  names = sorted(CTL_CATEGORIES)
+  catalogue = Catalogue(names, seed + 1, reuse)
   weights = np.array([CTL_CATEGORIES[n][1] for n in names], np.float64)
   sizes, size_p = zip(*OUTFIT_SIZES.items())
   outfits = []
@@ -61,9 +63,9 @@ def make_outfits(num_outfits: int, products: list[Product], seed: int) -> list[O
     style = int(rng.integers(NUM_STYLES))
     k = int(rng.choice(sizes, p=size_p))
     cats = rng.choice(len(names), size=k, replace=False, p=weights / weights.sum())
-    items = [popular_choice(by_key[(names[c], style)], products, rng) for c in cats]
+    items = [catalogue.wear(names[c], style) for c in cats]
     outfits.append(Outfit(signature(seed, "outfit", index), style, tuple(items)))
-  return outfits
+  return outfits, catalogue
 
 
 def _collage_boxes(k: int, rng: np.random.Generator) -> list[tuple[float, float, float, float]]:
@@ -105,7 +107,7 @@ def _fmt(v: float) -> str:
 
 
 def write_ctl_dataset(out: str | os.PathLike, num_outfits: int, seed: int,
-                      num_products: int | None = None, image_size: int = 256,
+                      reuse: float = STL_PAIRS_PER_PRODUCT, image_size: int = 256,
                       test_fraction: float = 0.2, workers: int | None = None) -> dict:
   """Writes raw_{train,test}.tsv, triplet_{train,test}.tsv, fitb_eval.json and images/ into `out`.
 
@@ -113,13 +115,14 @@ def write_ctl_dataset(out: str | os.PathLike, num_outfits: int, seed: int,
   looks through its own permutation. Triplets follow the published sampling (anchor and positive
   from one outfit, different categories; negative of the positive's category from another
   outfit); FITB questions hide one item of a test outfit among three same-category items of
-  other test outfits. Returns a summary (also in ctl_generator.json, with latent styles).
+  other test outfits. Products recur `reuse` times on average (1: every product in one
+  outfit). Returns a summary (also in ctl_generator.json); the latent style of every item is
+  written beside `out` (`latents_path(out)`, shared with the STL writer's).
   """
   out = Path(out)
   (out / "images").mkdir(parents=True, exist_ok=True)
-  num_products = num_products or max(NUM_STYLES * len(CTL_CATEGORIES), num_outfits)
-  products = make_catalogue(num_products, seed + 1, CTL_CATEGORIES)
-  outfits = make_outfits(num_outfits, products, seed)
+  outfits, catalogue = make_outfits(num_outfits, seed, reuse)
+  products = catalogue.products
   jobs = [([(products[i].category, products[i].look) for i in o.items],
            out / "images" / f"{o.signature}.jpg", image_size, seed, k)
           for k, o in enumerate(outfits)]
@@ -127,12 +130,13 @@ def write_ctl_dataset(out: str | os.PathLike, num_outfits: int, seed: int,
 
   rng = np.random.default_rng([seed, 6])
   split_items: dict[str, list[tuple]] = {"train": [], "test": []}
-  item_style = {}
+  item_style, item_product = {}, {}
   for o, boxes in zip(outfits, all_boxes):
     split = "test" if is_test_signature(o.signature, test_fraction) else "train"
     for item, box in zip(o.items, boxes):
       split_items[split].append((o.signature, box, products[item].category))
       item_style[ctl.item_key(o.signature, box)] = o.style
+      item_product[ctl.item_key(o.signature, box)] = products[item].signature
   for split, items in split_items.items():
     with open(out / f"raw_{split}.tsv", "w") as f:
       f.write(CTL_HEADER + "\n")
@@ -148,9 +152,11 @@ def write_ctl_dataset(out: str | os.PathLike, num_outfits: int, seed: int,
   summary = {"format": "ctl", "seed": seed, "outfits": len(outfits), "products": len(products),
              "items": {k: len(v) for k, v in split_items.items()},
              "items_per_outfit": {int(k): int(v) for k, v in enumerate(sizes) if v},
-             "styles": NUM_STYLES, "item_style": item_style}
+             "styles": NUM_STYLES, "reuse": reuse,
+             "items_per_product": round(len(item_style) / len(products), 4)}
   with open(out / "ctl_generator.json", "w") as f:
     json.dump(summary, f)
+  add_latents(latents_path(out), {"item_style": item_style, "item_product": item_product})
   return summary
 
 

@@ -5,8 +5,13 @@ maps each style to a look (a hue and a pattern) through its own random permutati
 matching pair of shoes does not share the colours of the scene's top or trousers: colour or pixel
 similarity between a scene and a product is near chance, while a model that learns "this top in
 this pattern goes with those shoes" ranks compatible products first. Products of one category and
-style differ by jitter (hue, value, pattern scale), and their popularity follows a Zipf law, so the
-popularity baseline is meaningful.
+style differ by jitter (hue, value, pattern scale). How often a product recurs is a parameter
+(`reuse`, see `Catalogue`): by default it follows STL-Fashion, where most products occur once or
+twice, so remembering products does not pay and the popularity baseline is weak, as on real data.
+
+The latent styles are written next to the data folder, not in it (`latents_path`): the trainer
+never reads them as data, and the evaluation's oracle (which knows every outfit's style) reads
+them to report the ceiling that every figure can be compared with.
 
 Two writers render it in the public formats: `synthetic_stl` (scene photos and catalogue photos,
 Shop The Look) and `synthetic_ctl` (outfit collages, Complete The Look). Everything is
@@ -19,9 +24,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +36,11 @@ import numpy as np
 from input_pipeline.tools import shapes
 
 NUM_STYLES = 8
-# Popularity ~ 1 / rank^a within a category: a long tail like real catalogues, strong enough that
-# "most popular first" is a real baseline (HR@10 ~0.4 of 100 candidates) and far from the ceiling.
-ZIPF_EXPONENT = 0.8
+# Shop The Look (STL-Fashion) as published: 72,198 (scene, product) pairs of 38,111 products in
+# 47,739 scenes. Most products occur in one or two pairs, so a model cannot do well by
+# remembering products: it has to learn what goes with what.
+STL_PAIRS_PER_PRODUCT = 72_198 / 38_111  # 1.89
+STL_PAIRS_PER_SCENE = 72_198 / 47_739  # 1.51
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +49,6 @@ class Product:
   category: str
   style: int
   look: shapes.Look
-  popularity: float
 
 
 def signature(seed: int, kind: str, index: int) -> str:
@@ -66,47 +74,66 @@ def style_looks(categories: list[str],
   return table
 
 
-def make_catalogue(num_products: int, seed: int,
-                   categories: dict[str, tuple[str, int]]) -> list[Product]:
-  """Products per category in proportion to the published counts, with Zipf popularity.
+class Catalogue:
+  """The products worn so far, grown one worn item at a time with a set amount of reuse.
 
-  Args:
-    categories: label -> (category path, published product count).
+  An item of (category, style) is an earlier product of that category and style with
+  probability 1 - 1/reuse, chosen in proportion to how often it was worn before (the rich get
+  richer: a long tail of rare products and a few popular ones, as in real catalogues), and a new
+  product otherwise. So a product is worn `reuse` times on average: 1 makes every product
+  unique, STL_PAIRS_PER_PRODUCT follows STL-Fashion.
   """
-  rng = np.random.default_rng([seed, 0])
-  names = list(categories)
-  table = style_looks(names, rng)
-  total = sum(count for _, count in categories.values())
-  products = []
-  for category in names:
-    n = max(NUM_STYLES, int(round(num_products * categories[category][1] / total)))
-    styles = rng.permutation(np.arange(n) % NUM_STYLES)  # every style has products
-    ranks = rng.permutation(n)
-    for i in range(n):
-      hue, pattern = table[category][styles[i]]
-      look = shapes.Look(hue=hue, pattern=pattern,
-                         hue_shift=float(rng.uniform(-0.025, 0.025)),
-                         value=float(rng.uniform(0.7, 0.95)),
-                         saturation=float(rng.uniform(0.6, 0.9)),
-                         pattern_scale=float(rng.uniform(0.7, 1.3)),
-                         phase=float(rng.uniform(0, 1)))
-      products.append(Product(signature(seed, "product", len(products)), category,
-                              int(styles[i]), look, float(1.0 / (ranks[i] + 1) ** ZIPF_EXPONENT)))
-  return products
+
+  def __init__(self, categories: list[str], seed: int, reuse: float):
+    if reuse < 1.0:
+      raise ValueError(f"reuse is the mean number of uses of a product, >= 1; got {reuse}")
+    self._rng = np.random.default_rng([seed, 0])
+    self._table = style_looks(categories, self._rng)
+    self._seed = seed
+    self._reuse_probability = 1.0 - 1.0 / reuse
+    self.products: list[Product] = []
+    self._uses: list[int] = []
+    self._by_key: dict[tuple[str, int], list[int]] = {}
+
+  def new_look(self, category: str, style: int) -> shapes.Look:
+    """The look of a new product: the style's hue and pattern with the product's own jitter."""
+    hue, pattern = self._table[category][style]
+    rng = self._rng
+    return shapes.Look(hue=hue, pattern=pattern, hue_shift=float(rng.uniform(-0.025, 0.025)),
+                       value=float(rng.uniform(0.7, 0.95)),
+                       saturation=float(rng.uniform(0.6, 0.9)),
+                       pattern_scale=float(rng.uniform(0.7, 1.3)),
+                       phase=float(rng.uniform(0, 1)))
+
+  def wear(self, category: str, style: int) -> int:
+    """The catalogue index of the product worn in one slot of (category, style)."""
+    pool = self._by_key.setdefault((category, style), [])
+    if pool and self._rng.random() < self._reuse_probability:
+      uses = np.array([self._uses[i] for i in pool], np.float64)
+      index = pool[int(self._rng.choice(len(pool), p=uses / uses.sum()))]
+    else:
+      index = len(self.products)
+      self.products.append(Product(signature(self._seed, "product", index), category, style,
+                                   self.new_look(category, style)))
+      self._uses.append(0)
+      pool.append(index)
+    self._uses[index] += 1
+    return index
 
 
-def products_by_style(products: list[Product]) -> dict[tuple[str, int], list[int]]:
-  """Catalogue indices of each (category, style)."""
-  by_key: dict[tuple[str, int], list[int]] = {}
-  for i, p in enumerate(products):
-    by_key.setdefault((p.category, p.style), []).append(i)
-  return by_key
+def latents_path(out: str | os.PathLike) -> Path:
+  """Where a generator writes the latent styles of the data folder `out`: `<out>.latents.json`
+  beside it."""
+  out = Path(out)
+  return out.parent / f"{out.name}.latents.json"
 
 
-def popular_choice(pool: list[int], products: list[Product], rng: np.random.Generator) -> int:
-  """One catalogue index of `pool`, drawn in proportion to popularity."""
-  weights = np.array([products[i].popularity for i in pool])
-  return pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
+def add_latents(path: Path, fields: dict) -> None:
+  """Adds `fields` to the latents file at `path` (the other format's writer may have written
+  it: `generate-data --format both` puts both into one file)."""
+  latents = json.loads(path.read_text()) if path.exists() else {}
+  latents.update(fields)
+  path.write_text(json.dumps(latents))
 
 
 def render_all(tasks: Sequence[tuple[Callable[[Any], Any], Sequence]],

@@ -12,7 +12,7 @@ from ctl_jax import metrics
 from input_pipeline import preprocess
 from input_pipeline.readers import stl
 from input_pipeline.scene import sampler as scene_sampler
-from input_pipeline.tools import synthetic_stl
+from input_pipeline.tools import synthetic_stl, synthetic_world
 
 
 def test_deterministic_by_seed(tmp_path):
@@ -38,10 +38,29 @@ def test_format_and_realistic_statistics(stl_root):
   counts = np.bincount(data.pair_category)
   assert len(data.categories) >= 8
   assert counts.max() > 4 * counts.min()  # skewed like STL
-  per_scene = np.bincount(data.pair_scene)
-  assert per_scene.mean() > 2.0  # several products per scene
+  # STL-Fashion: 1.51 pairs per scene, 1.89 per product, most products in one or two pairs.
+  assert 1.35 < np.bincount(data.pair_scene).mean() < 1.7
+  per_product = np.bincount(data.pair_product)
+  assert 1.5 < per_product.mean() < 2.3
+  assert np.mean(per_product <= 2) > 0.7
   cats = json.load(open(stl_root / "fashion-cat.json"))
   assert all(v.startswith("Apparel & Accessories|") for v in cats.values())
+  # The latent styles are beside the folder, never in it.
+  assert synthetic_world.latents_path(stl_root).exists()
+  assert not list(stl_root.glob("*latents*"))
+  assert "product_style" not in json.load(open(stl_root / "generator.json"))
+
+
+def test_reuse_sets_how_often_products_recur(tmp_path):
+  small = dict(scene_size=(24, 32), product_size=16, workers=1)
+  once = synthetic_stl.write_stl_dataset(tmp_path / "once", 300, seed=2, reuse=1.0, **small)
+  assert once["products"] == once["pairs"]  # every product in exactly one pair
+  data = stl.read_stl(tmp_path / "once")
+  assert np.bincount(data.pair_product).max() == 1
+  often = synthetic_stl.write_stl_dataset(tmp_path / "often", 300, seed=2, reuse=4.0, **small)
+  assert 2.2 < often["pairs_per_product"] < 5.0  # the first of each (category, style) is new
+  per_product = np.bincount(stl.read_stl(tmp_path / "often").pair_product)
+  assert per_product.max() > 3 * per_product.mean()  # the rich get richer: a popular few
 
 
 def _mean_colour(path, crop=None):
@@ -57,7 +76,7 @@ def _mean_colour(path, crop=None):
 def test_colour_similarity_is_near_chance_while_the_latent_style_ranks_well(stl_root):
   """The planted rule: a product's colour does not follow the scene's colours."""
   data = stl.read_stl(stl_root)
-  truth = json.load(open(stl_root / "generator.json"))
+  truth = json.loads(synthetic_world.latents_path(stl_root).read_text())
   crops, _ = scene_sampler.complement_crops(data.pair_box)
   rng = np.random.default_rng(0)
   product_colour = np.stack([_mean_colour(data.image_paths[p]) for p in data.products])
