@@ -44,9 +44,10 @@ CONFIGS = {"demo": product_demo.get_config, "default": product_default.get_confi
 METHODS = {
     "triplet_category": dict(name="triplet", negatives="category", num_negatives=1),
     "triplet_random": dict(name="triplet", negatives="random", num_negatives=1),
-    "contrastive_1_1": dict(name="contrastive", negatives="category", num_negatives=1),
-    "contrastive_16_1": dict(name="contrastive", negatives="category", num_negatives=16),
-    "proxy": dict(name="proxy", negatives="category", num_negatives=1),
+    # The paper's siamese pairs take negatives of any category (`loss.negatives=auto`).
+    "contrastive_1_1": dict(name="contrastive", negatives="random", num_negatives=1),
+    "contrastive_16_1": dict(name="contrastive", negatives="random", num_negatives=16),
+    "proxy": dict(name="proxy", negatives="random", num_negatives=1),
 }
 LABELS = {
     "triplet_category": "Triplet, category-restricted negatives",

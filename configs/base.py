@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (extracted automatically on first use, or by `run.py extract-features`) and train the heads.
   config.data.source = "images"
   config.data.feature_dir = ""  # default: <workdir>/features
+  # Share of the training scenes (outfits) held out as a validation split, by signature hash:
+  # evaluated every eval.every_steps to pick the checkpoint evaluate/export use. 0: none.
+  config.data.validation_fraction = 0.1
 
   config.features = ml_collections.ConfigDict()
   config.features.batch_size = 64  # images per extraction step (per process)
@@ -71,5 +74,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.ks = (1, 10, 50)  # the K of the task's top-K metrics (HR@K, R@K)
   config.eval.batch_size = 64
   config.eval.seed = 0
-  config.eval.baselines = True  # random, popularity and untrained next to the model
+  config.eval.baselines = True  # random, popularity, untrained (and oracle) next to the model
+  # Validation every N steps (and at the last): `validation/...` in metrics.jsonl and
+  # TensorBoard; the best state (by the task's selection metric) is kept in <workdir>/best.
+  # 0: no validation.
+  config.eval.every_steps = 250
+  # Which state `train`'s final evaluation, `evaluate` and `export` use: best | latest.
+  config.eval.checkpoint = "best"
+  # The generator's latent styles, for the oracle baseline (the ceiling). "": <data.root>.latents
+  # .json beside the data folder when it exists (generate-data writes it there); "none": no oracle.
+  config.eval.latents = ""
   return config

@@ -33,6 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_fraction = 0.1  # of scenes, split deterministically by signature
   config.data.min_crop_fraction = 0.2  # drop pairs whose kept scene rectangle is smaller
 
+  # The backbone stage whose output map the local heads l and h see: the paper's conv4_6 (14 x 14
+  # at 224 px). At low resolution a later map has few, coarse regions that mix garments.
+  config.model.region_stage = 4
+  # The stage whose pooled map is the global vector of f: the paper's last (5).
+  config.model.global_stage = 5
+  # Hypercolumns: `global` and `regions` concatenate every stage up to those two, the early
+  # stages' colour and texture next to the late stages' shapes (not in the paper).
+  config.model.multiscale = False
   config.model.global_hidden = 256  # head f
   config.model.local_hidden = 256  # head l
   config.model.attention_hidden = 128  # head h

@@ -45,11 +45,13 @@ def get_config():
   config.model.dropout = 0.5
 
   config.loss.name = "triplet"  # triplet | contrastive | proxy
-  config.loss.negatives = "category"  # category (positive's category) | random (any item)
+  # auto: the paper's rule for the loss (triplet: category; contrastive, proxy: random) |
+  # category (an item of the positive's category) | random (any item), from another outfit
+  config.loss.negatives = "auto"
   # config.loss.num_negatives (base): 1, or 16 for the paper's 16:1 siamese
   config.loss.contrastive_margin = 1.0  # siamese: negative pairs closer than this cost
   config.loss.temperature = 0.05  # proxy: softmax temperature on cosine similarities
-  config.loss.num_proxies = 255  # proxy: other outfits' proxies sampled per row
+  config.loss.num_proxies = 2048  # proxy: other outfits' proxies sampled per row (the paper's)
   config.loss.category_weight = 1.0  # weight of the category classifier's cross-entropy
 
   config.eval.corpus_size = 200  # N of the retrieval corpus

@@ -4,7 +4,9 @@ Ties are resolved in expectation over a random order, so a scorer that gives eve
 same score (e.g. popularity among equally rare products) gets exactly the random-order value.
 
 Shapes: d_pos [M] distance of each query to its positive; d_neg [M, N] distances to N
-negatives; valid [M, N] optional mask of real negatives (rows may have fewer than N).
+negatives; valid [M, N] optional mask of real negatives (rows may have fewer than N). A row with
+no valid negative ranks nothing: `auc` and `hit_rates` leave it out (`without_negatives`
+counts such rows, for the report), and both are NaN when no row is left.
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ def _closer_and_tied(d_pos, d_neg, valid):
   return closer, tied, valid.sum(axis=1)
 
 
+def _mean(values: np.ndarray, rows: np.ndarray) -> float:
+  return float(np.mean(values[rows])) if rows.any() else float("nan")
+
+
+def without_negatives(valid: np.ndarray) -> int:
+  """How many rows have no valid negative (left out of `auc` and `hit_rates`)."""
+  return int(np.sum(~np.asarray(valid, bool).any(axis=1)))
+
+
 def auc(d_pos: np.ndarray, d_neg: np.ndarray, valid: np.ndarray | None = None) -> float:
   """Mean over rows of the fraction of negatives farther than the positive (ties count 1/2)."""
   closer, tied, total = _closer_and_tied(d_pos, d_neg, valid)
   farther = total - closer - tied
-  return float(np.mean((farther + 0.5 * tied) / np.maximum(total, 1)))
+  return _mean((farther + 0.5 * tied) / np.maximum(total, 1), total > 0)
 
 
 def hit_rates(d_pos: np.ndarray, d_neg: np.ndarray, ks: Sequence[int],
@@ -42,8 +53,8 @@ def hit_rates(d_pos: np.ndarray, d_neg: np.ndarray, ks: Sequence[int],
   With `closer` negatives strictly closer and `tied` equal, a random order among ties puts the
   positive in the top K with probability clip((K - closer) / (tied + 1), 0, 1).
   """
-  closer, tied, _ = _closer_and_tied(d_pos, d_neg, valid)
-  return {k: float(np.mean(np.clip((k - closer) / (tied + 1.0), 0.0, 1.0))) for k in ks}
+  closer, tied, total = _closer_and_tied(d_pos, d_neg, valid)
+  return {k: _mean(np.clip((k - closer) / (tied + 1.0), 0.0, 1.0), total > 0) for k in ks}
 
 
 def recall_at_k(d: np.ndarray, positive: np.ndarray, ks: Sequence[int],

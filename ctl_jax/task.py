@@ -63,6 +63,9 @@ class Task(Protocol):
   region_kinds: tuple[str, ...]
   # Config fields that shape the train state: a checkpoint written with others is refused.
   checkpoint_fields: tuple[str, ...]
+  # The validation metric (a key of `evaluate(..., split="validation")`) that picks the best
+  # state: larger is better.
+  selection_metric: str
 
   def load_data(self, config: ml_collections.ConfigDict) -> TaskData: ...
 
@@ -86,8 +89,10 @@ class Task(Protocol):
 
   def evaluate(self, config: ml_collections.ConfigDict, data: TaskData, model: nn.Module,
                mesh: jax.sharding.Mesh, state: Any, cache: FeatureCache | None,
-               untrained_state: Any = None) -> dict:
-    """Held-out metrics of `state` and, with `config.eval.baselines`, of the baselines."""
+               untrained_state: Any = None, split: str = "test") -> dict:
+    """Held-out metrics of `state` on `split` ('test', or 'validation': carved from the
+    training scenes/outfits, see `data.validation_fraction`) and, with `config.eval.baselines`
+    (test only), of the baselines."""
 
   def table_columns(self, results: dict) -> Sequence[str]:
     """The metrics the printed table shows, in order."""

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 
+# The salt of the validation split carved from the training signatures (`data.validation_fraction`).
+VALIDATION_SALT = "ctl-validation"
+
 
 def is_test_signature(sig: str, test_fraction: float, salt: str = "ctl-split") -> bool:
   """Whether `sig` is in the `test_fraction` share of signatures selected by its salted hash."""

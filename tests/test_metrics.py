@@ -33,3 +33,14 @@ def test_valid_mask_ignores_padding():
   valid = np.array([[True, True, False, False]])
   assert metrics.auc(d_pos, d_neg, valid) == pytest.approx(0.5)
   assert metrics.hit_rates(d_pos, d_neg, [1, 2], valid) == {1: 0.0, 2: 1.0}
+
+
+def test_rows_without_a_negative_are_left_out_and_counted():
+  d_pos = np.array([0.5, 0.1, 0.3])
+  d_neg = np.array([[0.2, 0.9], [0.0, 0.0], [0.1, 0.4]])
+  valid = np.array([[True, True], [False, False], [True, True]])
+  # Row 1 ranks nothing: neither a perfect HR nor an AUC of 0.
+  assert metrics.without_negatives(valid) == 1
+  assert metrics.auc(d_pos, d_neg, valid) == pytest.approx((0.5 + 0.5) / 2)
+  assert metrics.hit_rates(d_pos, d_neg, [1, 2], valid) == pytest.approx({1: 0.0, 2: 1.0})
+  assert np.isnan(metrics.auc(d_pos[1:2], d_neg[1:2], valid[1:2]))

@@ -51,12 +51,19 @@ class ResNet(nn.Module):
     widths: bottleneck widths per stage (outputs are 4x); ResNet-50 is (64, 128, 256, 512).
     stem_width: filters of the 7x7 stem.
     region_stage: the stage (2..5) whose output map is returned as `regions`.
+    global_stage: the stage (2..5) whose average-pooled map is returned as `global` (5: the
+      network's output; the stages after it are not computed).
+    multiscale: hypercolumns instead: `global` concatenates the pooled maps of stages
+      2..global_stage, and `regions` the maps of stages 2..region_stage, each averaged down to
+      the region grid. Early stages keep colour and texture that the later ones mix away.
   """
 
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   widths: Sequence[int] = (64, 128, 256, 512)
   stem_width: int = 64
   region_stage: int = 4  # conv4 = Keras "conv4_block6_out", the paper's conv4_6
+  global_stage: int = 5
+  multiscale: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -69,16 +76,36 @@ class ResNet(nn.Module):
     x = nn.relu(x)
     # Keras pads with zeros before the pool; after a ReLU that equals -inf padding.
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    regions = None
+    maps = {}
+    last = max(self.region_stage, self.global_stage)
     for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths), start=2):
+      if stage > last:
+        break
       for block in range(1, blocks + 1):
         x = Bottleneck(width, stride=(1 if stage == 2 else 2) if block == 1 else 1,
                        project=block == 1, train=train, dtype=self.dtype,
                        name=f"conv{stage}_block{block}")(x)
-      if stage == self.region_stage:
-        regions = x
-    return {"global": jnp.mean(x.astype(jnp.float32), axis=(1, 2)),
-            "regions": regions.astype(jnp.float32)}
+      maps[stage] = x.astype(jnp.float32)
+    if not self.multiscale:
+      return {"global": jnp.mean(maps[self.global_stage], axis=(1, 2)),
+              "regions": maps[self.region_stage]}
+    grid = maps[self.region_stage].shape[1:3]
+    regions = [_average_down(m, 2 ** (self.region_stage - s), grid)
+               for s, m in maps.items() if s <= self.region_stage]
+    pooled = [jnp.mean(m, axis=(1, 2)) for s, m in maps.items() if s <= self.global_stage]
+    return {"global": jnp.concatenate(pooled, -1), "regions": jnp.concatenate(regions, -1)}
+
+
+def _average_down(x: jax.Array, factor: int, grid: tuple[int, int]) -> jax.Array:
+  """[B, H, W, C] -> [B, *grid, C]: the mean of each factor x factor block (partial blocks at
+  the border average what they hold), as the stride-2 stages shrink the map."""
+  if factor == 1:
+    return x
+  out = nn.avg_pool(x, (factor, factor), (factor, factor), padding="SAME",
+                    count_include_pad=False)
+  if out.shape[1:3] != tuple(grid):
+    out = jax.image.resize(out, (out.shape[0], *grid, out.shape[3]), "linear")
+  return out
 
 
 def resnet50(dtype: Any = jnp.float32) -> ResNet:
@@ -99,13 +126,21 @@ BACKBONES = {"resnet50": resnet50, "resnet_small": resnet_small, "resnet_tiny": 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def create_backbone(name: str, dtype: str) -> ResNet:
-  """The backbone `model.backbone` computing in `model.dtype` (parameters stay float32)."""
+def create_backbone(name: str, dtype: str, region_stage: int = 4, global_stage: int = 5,
+                    multiscale: bool = False) -> ResNet:
+  """The backbone `model.backbone` computing in `model.dtype` (parameters stay float32), whose
+  `regions` are the output map of stage `region_stage` (2-5; 4 is the paper's conv4_6) and
+  `global` the pooled map of stage `global_stage` (5: the paper's); `multiscale`: the
+  hypercolumns of the stages up to those (see `ResNet`)."""
   if name not in BACKBONES:
     raise ValueError(f"model.backbone={name!r}; choose from {list(BACKBONES)}")
   if dtype not in DTYPES:
     raise ValueError(f"model.dtype={dtype!r}; choose from {list(DTYPES)}")
-  return BACKBONES[name](DTYPES[dtype])
+  for field, stage in (("region_stage", region_stage), ("global_stage", global_stage)):
+    if stage not in (2, 3, 4, 5):
+      raise ValueError(f"model.{field}={stage!r}; choose from 2, 3, 4, 5")
+  return BACKBONES[name](DTYPES[dtype]).clone(region_stage=region_stage,
+                                              global_stage=global_stage, multiscale=multiscale)
 
 
 def backbone_features(backbone: nn.Module, images: jax.Array, *, train: bool,

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ctl_jax import metrics
+from ctl_jax import metrics, oracle
 from ctl_jax.metrics import Scorer
 from ctl_jax.product import steps as product_steps
 from ctl_jax.product.model import ProductModel
@@ -31,6 +31,7 @@ from ctl_jax.trainer import inference
 from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.product import dataset as product_data
+from input_pipeline.product.sampler import negative_rule
 from input_pipeline.readers import ctl
 from input_pipeline.readers.drops import DropReport
 
@@ -71,6 +72,11 @@ class Corpus:
   positive: np.ndarray  # [M, N] bool
   valid: np.ndarray  # [M, N] bool
   category: np.ndarray  # [M] the restricted category (-1 for all categories)
+
+  def rows(self, keep: np.ndarray) -> Corpus:
+    """The queries `keep` (a bool mask or ids) only."""
+    return Corpus(self.query[keep], self.items[keep], self.positive[keep], self.valid[keep],
+                  self.category[keep])
 
 
 def _fill(rng, pool: np.ndarray, outfit: np.ndarray, own: int, num: int) -> np.ndarray:
@@ -140,6 +146,9 @@ class Fitb:
   source: str
   num_dropped: int = 0
 
+  def rows(self, keep: np.ndarray) -> Fitb:
+    return Fitb(self.question[keep], self.answers[keep], self.source, 0)
+
 
 def _pad(rows: list[list[int]]) -> np.ndarray:
   out = np.full((len(rows), max((len(r) for r in rows), default=1)), -1, np.int64)
@@ -180,13 +189,15 @@ def read_fitb(path: Path, test: ctl.CtlData, strict: bool) -> Fitb:
   return Fitb(_pad(questions), _pad(answers), source=f"{path.name}", num_dropped=len(report))
 
 
-def fitb_questions(root: str, test: ctl.CtlData, config: ml_collections.ConfigDict) -> Fitb:
-  """From `data.root/fitb_eval.json` (eval.fitb='file', or 'auto' when it exists), else sampled."""
+def fitb_questions(root: str, test: ctl.CtlData, config: ml_collections.ConfigDict,
+                   split: str = "test") -> Fitb:
+  """From `data.root/fitb_eval.json` (eval.fitb='file', or 'auto' when it exists), else sampled;
+  always sampled for the validation split (the file's questions are of test outfits)."""
   path = Path(root) / FITB_FILE
   mode = config.eval.fitb
   if mode not in ("auto", "file", "sampled"):
     raise ValueError(f"eval.fitb={mode!r}; choose 'auto', 'file' or 'sampled'")
-  if mode == "file" or (mode == "auto" and path.exists()):
+  if split == "test" and (mode == "file" or (mode == "auto" and path.exists())):
     return read_fitb(path, test, config.data.strict)
   return sample_fitb(test, config.eval.outfit_size, config.eval.seed)
 
@@ -256,15 +267,60 @@ def fitb_accuracy(score: Scorer, fitb: Fitb) -> float:
   return metrics.hit_rates(d[:, 0], d[:, 1:], [1], fitb.answers[:, 1:] >= 0)[1]
 
 
-def ranking_metrics(score: Scorer, all_corpus: Corpus, restricted: Corpus, fitb: Fitb,
-                    ks: Sequence[int]) -> dict[str, float]:
-  d = score(all_corpus.query, all_corpus.items)
-  out = {f"r@{k}": v for k, v in metrics.recall_at_k(d, all_corpus.positive, ks,
-                                                      all_corpus.valid).items()}
-  out.update({f"restricted_r@{k}": v for k, v in restricted_recall(score, restricted,
-                                                                   ks).items()})
-  out["fitb"] = fitb_accuracy(score, fitb) if len(fitb.answers) else float("nan")
+@dataclasses.dataclass
+class Protocol:
+  """Every query of one evaluation, and which of them ask for products never trained on."""
+
+  all_corpus: Corpus
+  restricted: Corpus
+  fitb: Fitb
+  # Masks of the queries whose positives (R@K) or hidden item (FITB) are all products that no
+  # training item shows; None when the products are not known (no generator latents).
+  unseen: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _metrics(score: Scorer, all_corpus: Corpus, restricted: Corpus, fitb: Fitb,
+             ks: Sequence[int], suffix: str = "") -> dict[str, float]:
+  recall = metrics.recall_at_k(score(all_corpus.query, all_corpus.items), all_corpus.positive,
+                               ks, all_corpus.valid) if len(all_corpus.query) else {}
+  out = {f"r@{k}{suffix}": recall.get(k, float("nan")) for k in ks}
+  restricted_r = restricted_recall(score, restricted, ks) if len(restricted.query) else {}
+  out.update({f"restricted_r@{k}{suffix}": restricted_r.get(k, float("nan")) for k in ks})
+  out[f"fitb{suffix}"] = fitb_accuracy(score, fitb) if len(fitb.answers) else float("nan")
   return out
+
+
+def ranking_metrics(score: Scorer, queries: Protocol, ks: Sequence[int]) -> dict[str, float]:
+  """r@K, restricted_r@K and fitb over every query and, when known, over the unseen ones
+  (`*_unseen`)."""
+  out = _metrics(score, queries.all_corpus, queries.restricted, queries.fitb, ks)
+  if queries.unseen is not None:
+    a, r, f = queries.unseen
+    out.update(_metrics(score, queries.all_corpus.rows(a), queries.restricted.rows(r),
+                        queries.fitb.rows(f), ks, "_unseen"))
+  return out
+
+
+def unseen_queries(latents: dict, ds: product_data.ProductDataset, held: ctl.CtlData,
+                   all_corpus: Corpus, restricted: Corpus, fitb: Fitb
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+  """Masks of the queries whose positives are products absent from the training items."""
+  table = latents.get("item_product")
+  if table is None:
+    return None
+  trained = {table.get(ds.train.item_keys[i]) for i in ds.train_items()}
+  unseen = np.array([table.get(k) not in trained for k in held.item_keys] + [False])
+
+  def all_unseen(corpus):
+    return np.all(np.where(corpus.positive, unseen[corpus.items], True), axis=1)
+
+  return all_unseen(all_corpus), all_unseen(restricted), unseen[fitb.answers[:, 0]]
+
+
+def oracle_scorer(latents: dict, held: ctl.CtlData) -> Scorer:
+  """The generator's latent styles: items of the query's outfit style first."""
+  style = oracle.styles(latents["item_style"], held.item_keys)
+  return oracle.style_scorer(style, style)
 
 
 class ItemEmbedder:
@@ -291,7 +347,8 @@ class ItemEmbedder:
     return self._apply.over(state, batches, len(items))
 
 
-def _popularity_frequency(embed: ItemEmbedder, untrained_state, ds, test_global, config):
+def _popularity_frequency(embed: ItemEmbedder, untrained_state, ds, test_global, test_category,
+                          config):
   """Visual frequency of every test item against a seeded sample of training items per category
   (at most eval.popularity_train_items each), in the initial backbone's feature space."""
   rng = np.random.default_rng([config.eval.seed, 2])
@@ -301,48 +358,59 @@ def _popularity_frequency(embed: ItemEmbedder, untrained_state, ds, test_global,
   sample = np.sort(np.concatenate([rng.permutation(train_items[cats == c])[:cap]
                                    for c in np.unique(cats)]))
   train_global = embed(untrained_state, ds.train, sample)["global"]
-  return visual_frequency(test_global, ds.test.item_category, train_global,
+  return visual_frequency(test_global, test_category, train_global,
                           ds.train.item_category[sample], config.eval.popularity_neighbors)
 
 
 def evaluate(state: TrainState, embed: ItemEmbedder, ds: product_data.ProductDataset,
-             config: ml_collections.ConfigDict, untrained_state: TrainState | None = None) -> dict:
-  """The model's held-out metrics and, when `config.eval.baselines`, its baselines."""
+             config: ml_collections.ConfigDict, untrained_state: TrainState | None = None,
+             split: str = "test") -> dict:
+  """The model's held-out metrics on `split` ('test' or 'validation') and, on test with
+  `config.eval.baselines`, its baselines (random, popularity, untrained, and the oracle when the
+  generator's latents are found: see `ctl_jax/oracle.py`)."""
   e = config.eval
   ks = tuple(e.ks)
-  all_corpus, restricted = retrieval_corpora(ds.test, e.corpus_size, e.outfit_size, e.seed)
-  fitb = fitb_questions(ds.root, ds.test, config)
-  labels = ds.test.item_category
+  held = ds.split(split)
+  all_corpus, restricted = retrieval_corpora(held, e.corpus_size, e.outfit_size, e.seed)
+  fitb = fitb_questions(ds.root, held, config, split)
+  latents = oracle.load_latents(e.latents, ds.root)
+  unseen = (None if latents is None
+            else unseen_queries(latents, ds, held, all_corpus, restricted, fitb))
+  queries = Protocol(all_corpus, restricted, fitb, unseen)
+  labels = held.item_category
 
   def model_metrics(s):
-    out = embed(s, ds.test)
-    values = ranking_metrics(embedding_scorer(out["style"]), all_corpus, restricted, fitb, ks)
+    out = embed(s, held)
+    values = ranking_metrics(embedding_scorer(out["style"]), queries, ks)
     values["category_accuracy"] = float(np.mean(np.argmax(out["logits"], -1) == labels))
     return values, out
 
   results, _ = model_metrics(state)
   results.update(
-      step=int(jax.device_get(state.step)), num_queries=len(all_corpus.query),
+      step=int(jax.device_get(state.step)), split=split, num_queries=len(all_corpus.query),
       num_restricted_queries=len(restricted.query), num_fitb_questions=len(fitb.answers),
-      num_fitb_dropped=fitb.num_dropped, num_test_items=len(ds.test),
+      num_fitb_dropped=fitb.num_dropped, num_test_items=len(held),
+      num_unseen_queries=None if unseen is None else int(unseen[0].sum()),
       train_fraction=ds.train_fraction, num_train_outfits=len(ds.train_outfits),
-      loss=config.loss.name, negatives=config.loss.negatives,
+      loss=config.loss.name, negatives=negative_rule(config.loss),
       num_negatives=config.loss.num_negatives,
       protocol=protocol(config, fitb.source))
-  if e.baselines:
+  if e.baselines and split == "test":
     train_counts = np.bincount(ds.train.item_category[ds.train_items()],
                                minlength=len(ds.categories))
-    baselines = {"random": ranking_metrics(constant_scorer, all_corpus, restricted, fitb, ks)}
+    baselines = {"random": ranking_metrics(constant_scorer, queries, ks)}
     baselines["random"]["category_accuracy"] = 1.0 / len(ds.categories)
     if untrained_state is not None:
       untrained, untrained_out = model_metrics(untrained_state)
       frequency = _popularity_frequency(embed, untrained_state, ds, untrained_out["global"],
-                                        config)
+                                        labels, config)
       popularity = ranking_metrics(
-          popularity_scorer(labels, ds.cooccurrence(), frequency), all_corpus, restricted, fitb,
-          ks)
+          popularity_scorer(labels, ds.cooccurrence(), frequency), queries, ks)
       popularity["category_accuracy"] = float(np.mean(labels == np.argmax(train_counts)))
       baselines.update(popularity=popularity, untrained=untrained)
+    if latents is not None and "item_style" in latents:
+      baselines["oracle"] = ranking_metrics(oracle_scorer(latents, held), queries, ks)
+      baselines["oracle"]["category_accuracy"] = float("nan")
     results["baselines"] = baselines
   return results
 

@@ -23,7 +23,7 @@ from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.product import dataset as product_data
 from input_pipeline.product import pipeline as product_pipeline
-from input_pipeline.product.sampler import ProductTripletSampler
+from input_pipeline.product.sampler import ProductTripletSampler, negative_rule
 
 
 class ProductTask:
@@ -40,6 +40,7 @@ class ProductTask:
   checkpoint_fields = ("model.backbone", "model.embed_dim", "model.style_hidden",
                        "model.classifier_hidden", "model.freeze_backbone", "loss.name",
                        "optimizer.name")
+  selection_metric = "r@10"
 
   def load_data(self, config: ml_collections.ConfigDict) -> product_data.ProductDataset:
     return product_data.load_product_dataset(config.data)
@@ -81,7 +82,7 @@ class ProductTask:
               data: product_data.ProductDataset) -> ProductTripletSampler:
     loss = config.loss
     return ProductTripletSampler(
-        data, seed=config.seed, negatives=loss.negatives, num_negatives=loss.num_negatives,
+        data, seed=config.seed, negatives=negative_rule(loss), num_negatives=loss.num_negatives,
         num_proxies=loss.num_proxies if loss.name == "proxy" else 0)
 
   def train_batches(self, config: ml_collections.ConfigDict, data: product_data.ProductDataset,
@@ -113,10 +114,12 @@ class ProductTask:
 
   def evaluate(self, config: ml_collections.ConfigDict, data: product_data.ProductDataset,
                model: ProductModel, mesh: jax.sharding.Mesh, state: TrainState,
-               cache: FeatureCache | None, untrained_state: TrainState | None = None) -> dict:
+               cache: FeatureCache | None, untrained_state: TrainState | None = None,
+               split: str = "test") -> dict:
     embed = product_eval.ItemEmbedder(model, mesh, sharding.shardings_of(state), config,
                                       cache=cache)
-    return product_eval.evaluate(state, embed, data, config, untrained_state=untrained_state)
+    return product_eval.evaluate(state, embed, data, config, untrained_state=untrained_state,
+                                 split=split)
 
   def table_columns(self, results: dict) -> tuple[str, ...]:
     return product_eval.TABLE_COLUMNS

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ctl_jax import metrics
+from ctl_jax import metrics, oracle
 from ctl_jax.metrics import Scorer
 from ctl_jax.scene import steps as scene_steps
 from ctl_jax.scene.model import SceneModel
@@ -23,6 +23,7 @@ from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
 from input_pipeline.scene.dataset import SceneDataset
+from input_pipeline.scene.sampler import ScenePairs
 
 
 def protocol(num_candidates: int, ks: Sequence[int]) -> str:
@@ -31,25 +32,30 @@ def protocol(num_candidates: int, ks: Sequence[int]) -> str:
           f"farther than the positive; 'hr@K' (K in {list(ks)}) = positive in the top K among "
           f"itself + {num_candidates - 1} same-category negatives sampled once (fixed seed) from "
           f"the whole catalogue, excluding the scene's own products (fewer when a category is "
-          f"smaller); 'category_*' = the same ranking among all products of the category that "
-          f"occur in the test split. Ties count half (auc) or in expectation (hr). The same "
-          f"candidates are used for every method in 'baselines'.")
+          f"smaller; a query with none is left out of every metric and counted in "
+          f"'num_without_negatives'); '*_unseen' = the same over the queries whose positive "
+          f"occurs in no training pair (cold start, 'num_unseen' of them); 'category_*' = the "
+          f"same ranking among all products of the category that occur in the split. Ties "
+          f"count half (auc) or in expectation (hr). The same candidates are used for every "
+          f"method in 'baselines'; 'oracle' knows each scene's latent style (generated data "
+          f"only) and ranks the products of that style first: the ceiling.")
 
 
 class Candidates:
-  """Which products each test query is ranked against: sampled, and the whole test category."""
+  """Which products each query of a split is ranked against: sampled, and the whole category."""
 
-  def __init__(self, ds: SceneDataset, num_candidates: int, seed: int):
+  def __init__(self, ds: SceneDataset, split: ScenePairs, num_candidates: int, seed: int):
     data = ds.stl
-    self.rows = ds.test.pairs
+    self.rows = split.pairs
     self.positive = data.pair_product[self.rows]
     self.category = data.pair_category[self.rows]
-    scene = data.pair_scene[self.rows]
-    # Products each test scene contains: never negatives of that scene.
+    self.scene = data.pair_scene[self.rows]
+    self.unseen = ds.product_popularity()[self.positive] == 0
+    # Products each scene contains: never negatives of that scene.
     own: dict[int, set[int]] = {}
     for s, p in zip(data.pair_scene, data.pair_product):
       own.setdefault(int(s), set()).add(int(p))
-    self.excluded = [own[int(s)] for s in scene]
+    self.excluded = [own[int(s)] for s in self.scene]
     rng = np.random.default_rng(seed)
     by_cat = [np.flatnonzero(data.product_category == c) for c in range(len(data.categories))]
     k = num_candidates - 1
@@ -60,10 +66,9 @@ class Candidates:
       pick = rng.permutation(pool)[:k]
       self.sampled[i, :len(pick)] = pick
       self.sampled_valid[i, :len(pick)] = True
-    test_products = np.unique(self.positive)  # sorted, as `not_excluded` expects
-    self.category_products = [test_products[data.product_category[test_products] == c]
+    split_products = np.unique(self.positive)  # sorted, as `not_excluded` expects
+    self.category_products = [split_products[data.product_category[split_products] == c]
                               for c in range(len(data.categories))]
-
 
   def not_excluded(self, queries: np.ndarray, products: np.ndarray) -> np.ndarray:
     """[len(queries), len(products)] mask: False where a product is in the query's scene."""
@@ -97,29 +102,47 @@ def random_scorer(seed: int) -> Scorer:
   return lambda rows, cols: rng.random((len(rows),) + cols.shape[-1:])
 
 
+def oracle_scorer(latents: dict, ds: SceneDataset, cands: Candidates) -> Scorer:
+  """The generator's latent styles: products of the query scene's style first."""
+  scene_style = oracle.styles(latents["scene_style"], ds.stl.scenes)[cands.scene]
+  return oracle.style_scorer(scene_style, oracle.styles(latents["product_style"], ds.stl.products))
+
+
+def _sampled_metrics(d_pos: np.ndarray, d_neg: np.ndarray, valid: np.ndarray,
+                     ks: Sequence[int], suffix: str = "") -> dict[str, float]:
+  out = {f"auc{suffix}": metrics.auc(d_pos, d_neg, valid)}
+  out.update({f"hr@{k}{suffix}": v for k, v in metrics.hit_rates(d_pos, d_neg, ks, valid).items()})
+  return out
+
+
 def ranking_metrics(score: Scorer, cands: Candidates, ks: Sequence[int]) -> dict[str, float]:
-  """auc, hr@K over sampled candidates and the same over whole test categories."""
+  """auc, hr@K over sampled candidates, for all queries and for the unseen ones (`*_unseen`),
+  and the same over whole categories."""
   rows = np.arange(len(cands.rows))
   d_pos = score(rows, cands.positive[:, None])[:, 0]
   d_neg = np.concatenate([score(rows[i:i + 4096], cands.sampled[i:i + 4096])
                           for i in range(0, len(rows), 4096)])
-  out = {"auc": metrics.auc(d_pos, d_neg, cands.sampled_valid)}
-  out.update({f"hr@{k}": v for k, v in
-              metrics.hit_rates(d_pos, d_neg, ks, cands.sampled_valid).items()})
-  # Whole category: each category's queries against all its test products at once.
+  out = _sampled_metrics(d_pos, d_neg, cands.sampled_valid, ks)
+  u = cands.unseen
+  out.update(_sampled_metrics(d_pos[u], d_neg[u], cands.sampled_valid[u], ks, "_unseen"))
+  # Whole category: each category's queries against all its products of the split at once;
+  # the mean over queries weighs each category by its queries that have a negative.
   weighted: dict[str, float] = {}
+  total = 0
   for c, products in enumerate(cands.category_products):
     q = np.flatnonzero(cands.category == c)
-    if len(q) == 0:
+    valid = cands.not_excluded(q, products)
+    n = len(q) - metrics.without_negatives(valid)
+    if n == 0:
       continue
     d_all = score(q, products)
-    valid = cands.not_excluded(q, products)
     part = {"category_auc": metrics.auc(d_pos[q], d_all, valid)}
     part.update({f"category_hr@{k}": v for k, v in
                  metrics.hit_rates(d_pos[q], d_all, ks, valid).items()})
     for key, v in part.items():
-      weighted[key] = weighted.get(key, 0.0) + v * len(q)
-  out.update({k: v / len(rows) for k, v in weighted.items()})
+      weighted[key] = weighted.get(key, 0.0) + v * n
+    total += n
+  out.update({k: v / total for k, v in weighted.items()})
   return out
 
 
@@ -154,45 +177,56 @@ class SceneEmbedder:
     batches = inference.image_batches(self.config, images, None)
     return self._product.over(state, batches, len(images), ["embedding"])["embedding"]
 
-  def test_queries(self, state: TrainState, ds: SceneDataset) -> np.ndarray:
-    """[num_test_pairs, D] ranking queries of the cropped test scenes."""
-    rows = ds.test.pairs
+  def queries(self, state: TrainState, ds: SceneDataset, split: ScenePairs) -> np.ndarray:
+    """[len(split.pairs), D] ranking queries of the split's cropped scenes."""
+    rows = split.pairs
     category = ds.stl.pair_category[rows]
     if self.cache is None:
       scenes = ImageRows(ds.scene_images, ds.stl.pair_scene[rows])
-      batches = inference.image_batches(self.config, scenes, ds.test.crops,
+      batches = inference.image_batches(self.config, scenes, split.crops,
                                         {"category": category})
     else:
       batches = inference.cached_batches(
-          self.cache, "scenes", self.cache.rows("scenes", ds.scene_keys(ds.test)),
+          self.cache, "scenes", self.cache.rows("scenes", ds.scene_keys(split)),
           self.config.eval.batch_size, fields=("global", "regions"),
           extras={"category": category})
     return self._scene.over(state, batches, len(rows), ["query"])["query"]
 
 
 def evaluate(state: TrainState, embedder: SceneEmbedder, ds: SceneDataset,
-             config: ml_collections.ConfigDict, untrained_state: TrainState | None = None) -> dict:
-  """The model's held-out metrics and, when `config.eval.baselines`, its baselines."""
-  if len(ds.test.pairs) == 0:
-    raise ValueError("the test split is empty: raise data.test_fraction or add scenes")
+             config: ml_collections.ConfigDict, untrained_state: TrainState | None = None,
+             split: str = "test") -> dict:
+  """The model's metrics on `split` ('test' or 'validation') and, on the test split with
+  `config.eval.baselines`, its baselines (random, popularity, untrained, and the oracle when
+  the generator's latents are found: see `ctl_jax/oracle.py`)."""
+  pairs = ds.split(split)
+  if len(pairs.pairs) == 0:
+    fraction = "test_fraction" if split == "test" else "validation_fraction"
+    raise ValueError(f"the {split} split is empty: raise data.{fraction} or add scenes")
   ks = tuple(config.eval.ks)
-  cands = Candidates(ds, config.eval.num_candidates, config.eval.seed)
+  cands = Candidates(ds, pairs, config.eval.num_candidates, config.eval.seed)
 
   def model_metrics(s):
-    return ranking_metrics(embedding_scorer(embedder.test_queries(s, ds), embedder.products(s, ds)),
-                           cands, ks)
+    queries = embedder.queries(s, ds, pairs)
+    return ranking_metrics(embedding_scorer(queries, embedder.products(s, ds)), cands, ks)
 
   results = model_metrics(state)
   results.update(step=int(jax.device_get(state.step)), num_queries=len(cands.rows),
+                 num_unseen=int(cands.unseen.sum()),
+                 num_without_negatives=metrics.without_negatives(cands.sampled_valid),
                  num_products=len(ds.stl.products),
                  protocol=protocol(config.eval.num_candidates, ks))
-  if config.eval.baselines:
+  if config.eval.baselines and split == "test":
     results["baselines"] = {
         "random": ranking_metrics(random_scorer(config.eval.seed), cands, ks),
         "popularity": ranking_metrics(popularity_scorer(ds.product_popularity()), cands, ks),
     }
     if untrained_state is not None:
       results["baselines"]["untrained"] = model_metrics(untrained_state)
+    latents = oracle.load_latents(config.eval.latents, config.data.root)
+    if latents is not None and "scene_style" in latents:
+      results["baselines"]["oracle"] = ranking_metrics(oracle_scorer(latents, ds, cands),
+                                                       cands, ks)
   return results
 
 

@@ -1,6 +1,7 @@
-"""In-batch negatives of the scene task: every same-category product of the batch outside a
-row's scene is scored as one more negative of that row (one inner product with its ranking
-query)."""
+"""In-batch negatives of the scene task: every distinct same-category product of the batch outside
+a row's scene is scored as one more negative of that row (one inner product with its ranking
+query). A product that appears several times in the batch is scored once per row, so popular
+products do not weigh more than the others."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def in_batch_triplet_hinge(d_pos: jax.Array, d_candidates: jax.Array, valid: jax
 def in_batch_negative_mask(category: jax.Array, positive_index: jax.Array,
                            scene_products: jax.Array, candidate_category: jax.Array,
                            candidate_index: jax.Array) -> jax.Array:
-  """[B, M] candidates that are true negatives of each row: same category, not in its scene.
+  """[B, M] candidates that are true negatives of each row: same category, not in its scene,
+  and the first candidate of their product (each distinct product counts once).
 
   Args:
     category: [B] row categories.
@@ -41,4 +43,7 @@ def in_batch_negative_mask(category: jax.Array, positive_index: jax.Array,
   same_category = category[:, None] == candidate_category[None, :]
   in_scene = jnp.any(scene_products[:, :, None] == candidate_index[None, None, :], axis=1)
   is_positive = positive_index[:, None] == candidate_index[None, :]
-  return same_category & ~in_scene & ~is_positive
+  m = candidate_index.shape[0]
+  earlier = jnp.tril(jnp.ones((m, m), bool), k=-1)  # [j, j']: j' comes before j
+  repeated = jnp.any(earlier & (candidate_index[:, None] == candidate_index[None, :]), axis=1)
+  return same_category & ~in_scene & ~is_positive & ~repeated[None, :]

@@ -150,7 +150,8 @@ class SceneModel(nn.Module):
 def create_model(model_config: ml_collections.ConfigDict, num_categories: int) -> SceneModel:
   """The scene model of the `model` config section for `num_categories` categories."""
   c = model_config
-  backbone = backbones.create_backbone(c.backbone, c.dtype)
+  backbone = backbones.create_backbone(c.backbone, c.dtype, c.region_stage, c.global_stage,
+                                       c.multiscale)
   heads = SceneHeads(num_categories=num_categories, embed_dim=c.embed_dim,
                      global_hidden=c.global_hidden, local_hidden=c.local_hidden,
                      attention_hidden=c.attention_hidden, dropout=c.dropout,

@@ -36,9 +36,11 @@ class SceneTask:
                  "negative_index", "scene_products")
   id_keys = ("scene_index", "positive_index", "negative_index")
   region_kinds = ("scenes",)
-  checkpoint_fields = ("model.backbone", "model.embed_dim", "model.global_hidden",
+  checkpoint_fields = ("model.backbone", "model.region_stage", "model.global_stage",
+                       "model.multiscale", "model.embed_dim", "model.global_hidden",
                        "model.local_hidden", "model.attention_hidden", "model.freeze_backbone",
                        "optimizer.name")
+  selection_metric = "hr@10"
 
   def load_data(self, config: ml_collections.ConfigDict) -> SceneDataset:
     return load_scene_dataset(config.data)
@@ -79,12 +81,12 @@ class SceneTask:
     return scene_pipeline.train_features(sampler, cache, scene_rows, product_rows, **hosts)
 
   def cache_items(self, data: SceneDataset) -> dict:
-    """Every product whole, and every (scene, crop) of the train and test pairs."""
+    """Every product whole, and every (scene, crop) of the train, validation and test pairs."""
     products = (list(data.stl.products),
                 ImageRows(data.product_images, np.arange(len(data.stl.products))), None)
     keys, scenes, crops = [], [], []
     seen = set()
-    for split in (data.train, data.test):
+    for split in (data.train, data.validation, data.test):
       for key, pair, crop in zip(data.scene_keys(split), split.pairs, split.crops):
         if key not in seen:
           seen.add(key)
@@ -101,10 +103,11 @@ class SceneTask:
 
   def evaluate(self, config: ml_collections.ConfigDict, data: SceneDataset, model: SceneModel,
                mesh: jax.sharding.Mesh, state: TrainState, cache: FeatureCache | None,
-               untrained_state: TrainState | None = None) -> dict:
+               untrained_state: TrainState | None = None, split: str = "test") -> dict:
     embedder = scene_eval.SceneEmbedder(model, mesh, sharding.shardings_of(state), config,
                                         cache=cache)
-    return scene_eval.evaluate(state, embedder, data, config, untrained_state=untrained_state)
+    return scene_eval.evaluate(state, embedder, data, config, untrained_state=untrained_state,
+                               split=split)
 
   def table_columns(self, results: dict) -> list[str]:
     return scene_eval.table_columns(results)

@@ -31,13 +31,26 @@ class Restored:
     return list(self.meta["categories"])
 
 
-def open_checkpoint(workdir: str | os.PathLike) -> tuple[checkpoint.Checkpointer, int, dict]:
-  """(Checkpointer, latest step, record) of `workdir`; FileNotFoundError when there is none."""
+def open_checkpoint(workdir: str | os.PathLike, choice: str | None = None
+                    ) -> tuple[checkpoint.Checkpointer, int, dict]:
+  """(Checkpointer, step, record) of the state `workdir` serves: the best validated one
+  (workdir/best) or the latest, as `choice` says (default: the run's `eval.checkpoint`);
+  FileNotFoundError when there is none."""
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1_000_000)
   step = ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {ckpt.directory}: train first")
-  return ckpt, step, ckpt.restore_meta(step)
+  meta = ckpt.restore_meta(step)
+  if choice is None:
+    choice = meta.get("config", {}).get("eval", {}).get("checkpoint", "latest")
+  if choice == "best" and os.path.isdir(os.path.join(workdir, "best")):
+    best = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1, name="best")
+    best_step = best.latest_step()
+    if best_step is not None:
+      ckpt.close()
+      return best, best_step, best.restore_meta(best_step)
+    best.close()
+  return ckpt, step, meta
 
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
@@ -50,9 +63,10 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
 
 def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
             task: str | None = None) -> Restored:
-  """The latest checkpoint of `workdir` with its model (config from the checkpoint unless
+  """The served checkpoint of `workdir` (`open_checkpoint`: the best validated state unless the
+  config says `eval.checkpoint='latest'`) with its model (config from the checkpoint unless
   given); ValueError when `task` is given and the checkpoint holds another task's model."""
-  ckpt, step, meta = open_checkpoint(workdir)
+  ckpt, step, meta = open_checkpoint(workdir, None if config is None else config.eval.checkpoint)
   if config is None:
     config = config_from_meta(meta)
   else:  # the user's: exactly its task's fields, as for training

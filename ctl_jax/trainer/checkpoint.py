@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state plus a JSON record of the run, verified on restore.
 
 Resume order: the latest *good* checkpoint in `workdir/checkpoints` > a fresh initialisation
-(with the user's backbone weights when `model.backbone_weights` is set).
+(with the user's backbone weights when `model.backbone_weights` is set). The state with the best
+validation figure so far is kept in `workdir/best` (one step, its record holds the figures):
+evaluation and export use it by default (`eval.checkpoint`), resuming never does.
 
 Integrity. Orbax writes a step into a temporary folder and renames it when complete, so a save
 cut short (kill -9, lost machine) never looks like a checkpoint. Damage after that (a truncated or
@@ -112,14 +114,16 @@ def _write_whole_replicas() -> None:
 class Checkpointer:
   """Asynchronous saves that keep the last `max_to_keep`; verified restore into a sharded target."""
 
-  def __init__(self, workdir: str | os.PathLike, *, save_every_steps: int, max_to_keep: int):
+  def __init__(self, workdir: str | os.PathLike, *, save_every_steps: int, max_to_keep: int,
+               name: str = "checkpoints"):
+    """Checkpoints in `workdir/name` ('checkpoints': the run's; 'best': the best validated)."""
     _write_whole_replicas()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            save_interval_steps=save_every_steps, create=True,
                                            cleanup_tmp_directories=True)
     self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
-    self.quarantine_directory = os.path.join(self.workdir, "checkpoints.corrupt")
+    self.directory = os.path.join(self.workdir, name)
+    self.quarantine_directory = os.path.join(self.workdir, f"{name}.corrupt")
     # Handlers named up front: item_metadata() can then read a step's tree before restoring it.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,

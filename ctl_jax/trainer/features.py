@@ -53,7 +53,10 @@ def cache_root(config: ml_collections.ConfigDict, workdir: str, state: TrainStat
   description = {"backbone": config.model.backbone,
                  "weights": weights_hash(backbone_variables(state)),
                  "image_size": config.input.image_size,
-                 "normalization": config.input.normalization, "dtype": config.model.dtype}
+                 "normalization": config.input.normalization, "dtype": config.model.dtype,
+                 "region_stage": config.model.get("region_stage", 4),
+                 "global_stage": config.model.get("global_stage", 5),
+                 "multiscale": config.model.get("multiscale", False)}
   keys = {kind: items[kind][0] for kind in items}
   fp = feature_cache.fingerprint(description, keys)
   base = Path(config.data.feature_dir or os.path.join(workdir, "features"))

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -42,6 +43,8 @@ from input_pipeline.feature_cache import FeatureCache
 
 # Config fields every task's checkpoints depend on (each task adds its `checkpoint_fields`).
 CHECKPOINT_FIELDS = ("task",)
+BEST = "best"  # workdir/best: the state with the best validation figure
+CHECKPOINT_CHOICES = ("best", "latest")  # eval.checkpoint
 
 
 @dataclasses.dataclass
@@ -58,6 +61,7 @@ class Run:
   tx: optax.GradientTransformation
   schedule: Callable
   checkpointer: checkpoint.Checkpointer
+  best: checkpoint.Checkpointer  # the state of the best validation figure (workdir/best)
   stopped_by: str | None = None  # the signal that ended the last `train` early, if any
 
   def fresh_state(self) -> TrainState:
@@ -121,8 +125,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   task = task_lib.get_task(config.task)
   config_fields.check_fields(config, task.name, task.config_base)
   os.makedirs(workdir, exist_ok=True)
+  if config.eval.checkpoint not in CHECKPOINT_CHOICES:
+    raise config_fields.ConfigError(f"eval.checkpoint={config.eval.checkpoint!r}; choose from "
+                                    f"{CHECKPOINT_CHOICES}")
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
                                  max_to_keep=config.train.max_checkpoints_to_keep)
+  best = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1, name=BEST)
   for line in run_log.describe_outputs(config, workdir, ckpt.directory):
     logging.info("%s", line)
   if cluster.is_main_process():
@@ -136,7 +144,40 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   model = task.create_model(config, record)
   tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.num_steps)
   logging.info("data %s: %s", config.data.root, data.summary())
-  return Run(config, workdir, task, data, record, model, mesh, tx, schedule, ckpt)
+  return Run(config, workdir, task, data, record, model, mesh, tx, schedule, ckpt, best)
+
+
+class Validation:
+  """Model selection: the task's validation metrics every `eval.every_steps` (at the first and
+  the last step too); the state with the best `task.selection_metric` is kept in workdir/best."""
+
+  def __init__(self, run: Run, cache: FeatureCache | None, report: run_log.TrainReport):
+    self.run, self.cache, self.report = run, cache, report
+    self.metric = run.task.selection_metric
+    self.best_value = -float("inf")
+    step = run.best.latest_step()
+    if step is not None:  # resuming: the best so far is the one on disk
+      self.best_value = float(run.best.restore_meta(step)["validation"][self.metric])
+
+  def due(self, step: int, last: int) -> bool:
+    every = self.run.config.eval.every_steps
+    return step % every == 0 or step == last
+
+  def __call__(self, step: int, state: TrainState, meta: dict) -> None:
+    start = time.perf_counter()
+    results = self.run.task.evaluate(self.run.config, self.run.data, self.run.model,
+                                     self.run.mesh, state, self.cache, split="validation")
+    values = {k: v for k, v in results.items() if isinstance(v, float)}
+    value = values.get(self.metric, float("nan"))
+    best = value > self.best_value  # NaN (nothing to rank) is never best
+    if best:
+      self.best_value = value
+      self.run.best.save(step, state, {**meta, "validation": values}, force=True)
+    self.report.validation(step, values, time.perf_counter() - start, best)
+
+
+def validation_enabled(config: ml_collections.ConfigDict) -> bool:
+  return config.eval.every_steps > 0 and config.data.validation_fraction > 0
 
 
 def make_train_step(run: Run, state: TrainState) -> Callable:
@@ -169,7 +210,8 @@ def train(run: Run, stop_after_step: int | None = None) -> TrainState:
                  c.train.num_steps)
     return state
   step_fn = make_train_step(run, state)
-  host_batches = run.task.train_batches(c, run.data, start, run.feature_cache(state))
+  cache = run.feature_cache(state)
+  host_batches = run.task.train_batches(c, run.data, start, cache)
   batches = sharding.prefetch_to_device(host_batches, run.mesh, size=c.input.prefetch,
                                         keys=run.task.step_inputs)
   meta = run.meta()
@@ -178,6 +220,9 @@ def train(run: Run, stop_after_step: int | None = None) -> TrainState:
       id_keys=run.task.id_keys, signatures=lambda ids: run.task.signatures(run.data, ids),
       last_good_step=run.checkpointer.latest_step)
   report = run_log.TrainReport(c, run.workdir, start, unit=run.task.example_unit)
+  validation = Validation(run, cache, report) if validation_enabled(c) else None
+  if validation is not None and start == 0:
+    validation(0, state, meta)  # the untrained figure: where the curve starts
   logging.info("training steps %d..%d of %d", start + 1, last, c.train.num_steps)
   try:
     with preemption.StopRequests() as stop_requests:
@@ -196,11 +241,14 @@ def train(run: Run, stop_after_step: int | None = None) -> TrainState:
           report.log(step, {**values, "skipped_steps": monitor.skipped})
         if save:
           run.checkpointer.save(step, state, meta, force=True)
+        if validation is not None and not stop and validation.due(step, c.train.num_steps):
+          validation(step, state, meta)
         if stop:
           run.stopped_by = stop_requests.signal_name
           break
   finally:
     run.checkpointer.wait()  # the last good checkpoint is complete on disk, whatever happened
+    run.best.wait()
     report.close()
   if run.stopped_by:
     logging.warning("stopped by %s after step %d: checkpoint saved in %s; run the same command "
@@ -208,9 +256,22 @@ def train(run: Run, stop_after_step: int | None = None) -> TrainState:
   return state
 
 
+def selected_state(run: Run, latest: TrainState) -> TrainState:
+  """The state `eval.checkpoint` chooses: the best validated one (workdir/best) when there is
+  one, else `latest`."""
+  step = run.best.latest_step()
+  if run.config.eval.checkpoint == "latest" or step is None:
+    return latest
+  state, meta = run.best.restore(latest, step)
+  logging.info("evaluating the best validated state: step %d (validation %s %.4f)", step,
+               run.task.selection_metric, meta["validation"][run.task.selection_metric])
+  return state
+
+
 def run_evaluation(run: Run, state: TrainState) -> dict:
-  """Evaluates `state` and the baselines; process 0 writes eval_metrics.json, TensorBoard
-  scalars `eval/...` and prints the table."""
+  """Evaluates `state` (or the best validated one, see `selected_state`) and the baselines;
+  process 0 writes eval_metrics.json, TensorBoard scalars `eval/...` and prints the table."""
+  state = selected_state(run, state)
   untrained = run.fresh_state() if run.config.eval.baselines else None
   results = run.task.evaluate(run.config, run.data, run.model, run.mesh, state,
                               run.feature_cache(state), untrained_state=untrained)
@@ -241,7 +302,8 @@ def restore_trained(run: Run) -> TrainState:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the newest good checkpoint of `workdir` (`run.py evaluate`)."""
+  """Evaluates the best validated state of `workdir`, or its newest good checkpoint
+  (`eval.checkpoint`; `run.py evaluate`)."""
   run = setup(config, workdir)
   return run_evaluation(run, restore_trained(run))
 

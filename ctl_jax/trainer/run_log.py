@@ -145,6 +145,18 @@ class TrainReport:
                  _eta((self.num_steps - step) / steps_per_second if steps_per_second else math.inf))
     return values
 
+  def validation(self, step: int, values: dict, seconds: float, best: bool) -> None:
+    """Writes the validation metrics of `step` (`validation/...`); the `seconds` it took are
+    left out of the training throughput."""
+    values = {f"validation/{k}": v for k, v in values.items()}
+    self.metrics.write(step, values)
+    self.tensorboard.scalars(step, values)
+    t0, s0 = self._window
+    self._window = (t0 + seconds, s0)
+    logging.info("step %d validation: %s (%.1f s)%s", step,
+                 ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in values.items()), seconds,
+                 " - best so far, kept" if best else "")
+
   def close(self) -> None:
     self.bar.close()
     self.tensorboard.close()

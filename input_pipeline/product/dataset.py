@@ -1,13 +1,16 @@
 """The product-based dataset (CTL format, Li et al. 2020) as the trainer sees it.
 
 Items are crops of outfit collages. The training outfits can be subsampled (`data.train_fraction`,
-a deterministic split by outfit signature), and training triplets either sampled on the fly
-(`product.sampler`) or read from `triplet_train.tsv`, keeping those that follow the paper's rule.
+a deterministic split by outfit signature); a validation share of them (`data.validation_fraction`,
+by signature too) is held out of training for model selection; and training triplets either
+sampled on the fly (`product.sampler`) or read from `triplet_train.tsv`, keeping those that
+follow the paper's rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
@@ -17,7 +20,7 @@ import numpy as np
 
 from input_pipeline.readers import ctl
 from input_pipeline.readers.drops import DataError, DropReport
-from input_pipeline.splits import is_test_signature
+from input_pipeline.splits import VALIDATION_SALT, is_test_signature
 
 
 def crops_of(data: ctl.CtlData) -> np.ndarray:
@@ -60,6 +63,9 @@ class ProductDataset:
   train_outfits: np.ndarray  # ids of the training outfits kept by data.train_fraction
   train_fraction: float
   file_triplets: np.ndarray | None  # [T, 3] (anchor, positive, negative) train items, or None
+  # ids (in `train`) of the outfits held out for validation, outside `train_outfits`
+  validation_outfits: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros(0, np.int32))
 
   @property
   def categories(self) -> list[str]:
@@ -75,6 +81,20 @@ class ProductDataset:
     """Items of the kept training outfits."""
     return np.flatnonzero(np.isin(self.train.item_outfit, self.train_outfits))
 
+  @functools.cached_property
+  def validation(self) -> ctl.CtlData:
+    """The items of the validation outfits (a subset of `train`'s file, never trained on)."""
+    return self.train.subset(np.flatnonzero(np.isin(self.train.item_outfit,
+                                                    self.validation_outfits)))
+
+  def split(self, name: str) -> ctl.CtlData:
+    """The held-out items of `name`: 'test' (raw_test.tsv) or 'validation'."""
+    if name == "test":
+      return self.test
+    if name == "validation":
+      return self.validation
+    raise ValueError(f"split={name!r}; choose 'test' or 'validation'")
+
   def cooccurrence(self) -> np.ndarray:
     return category_cooccurrence(self.train, self.train_outfits)
 
@@ -83,7 +103,8 @@ class ProductDataset:
                     else f"{len(self.file_triplets)} from triplet_train.tsv")
     return (f"CTL {self.root}: {len(self.categories)} categories; train {len(self.train_outfits)}"
             f"/{len(self.train.outfits)} outfits (fraction {self.train_fraction}), "
-            f"{len(self.train_items())} items; test {len(self.test.outfits)} outfits, "
+            f"{len(self.train_items())} items; validation {len(self.validation_outfits)} "
+            f"outfits; test {len(self.test.outfits)} outfits, "
             f"{len(self.test)} items; triplets {triplet_text}; train {self.train.drops.summary()}; "
             f"test {self.test.drops.summary()}")
 
@@ -104,6 +125,13 @@ def load_product_dataset(data_config: ml_collections.ConfigDict) -> ProductDatas
       logging.warning("%s raw_%s.tsv: %s", data_config.root, split, data.drops.summary())
   keep = np.array([data_config.train_fraction >= 1.0 or is_test_signature(
       sig, data_config.train_fraction, salt="ctl-train-subset") for sig in train.outfits])
+  validation_fraction = data_config.validation_fraction
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"data.validation_fraction={validation_fraction} must be in [0, 1)")
+  held = np.array([validation_fraction > 0 and is_test_signature(
+      sig, validation_fraction, salt=VALIDATION_SALT) for sig in train.outfits], bool)
+  validation = np.flatnonzero(held).astype(np.int32)  # the same whatever train_fraction keeps
+  keep &= ~held
   kept = np.flatnonzero(keep).astype(np.int32)
   if len(kept) == 0:
     raise DataError(f"{data_config.root}: data.train_fraction={data_config.train_fraction} "
@@ -116,7 +144,7 @@ def load_product_dataset(data_config: ml_collections.ConfigDict) -> ProductDatas
                                          keep, DropReport(strict=data_config.strict))
   return ProductDataset(root=str(data_config.root), train=train, test=test, train_outfits=kept,
                         train_fraction=float(data_config.train_fraction),
-                        file_triplets=file_triplets)
+                        file_triplets=file_triplets, validation_outfits=validation)
 
 
 def read_triplet_indices(path: str | os.PathLike, train: ctl.CtlData, keep_outfit: np.ndarray,

@@ -15,6 +15,16 @@ from input_pipeline.readers import ctl
 from input_pipeline.readers.drops import DataError
 
 NEGATIVE_RULES = ("category", "random")
+# loss.negatives='auto': the paper's rule for each loss. Its triplets take a negative of the
+# positive's category; its siamese pairs and proxy rows take any item of another outfit.
+AUTO_NEGATIVES = {"triplet": "category", "contrastive": "random", "proxy": "random"}
+
+
+def negative_rule(loss) -> str:
+  """The rule of the `loss` config section's `negatives` ('auto' resolved by `AUTO_NEGATIVES`)."""
+  if loss.negatives == "auto":
+    return AUTO_NEGATIVES.get(loss.name, "category")
+  return loss.negatives
 
 
 def outfit_pairs(data: ctl.CtlData, outfits: np.ndarray) -> np.ndarray:
@@ -41,10 +51,12 @@ class ProductTripletSampler:
   def __init__(self, ds: ProductDataset, seed: int, negatives: str = "category",
                num_negatives: int = 1, num_proxies: int = 0):
     if negatives not in NEGATIVE_RULES:
-      raise ValueError(f"loss.negatives={negatives!r}; choose from {NEGATIVE_RULES}")
+      raise ValueError(f"loss.negatives={negatives!r}; choose from {('auto',) + NEGATIVE_RULES}")
     self.data = ds.train
     self.seed, self.rule = seed, negatives
-    self.num_negatives, self.num_proxies = num_negatives, num_proxies
+    # Proxies are drawn with replacement: no more than there are other outfits to draw.
+    self.num_negatives = num_negatives
+    self.num_proxies = min(num_proxies, max(len(ds.train_outfits) - 1, 1)) if num_proxies else 0
     self.outfits = ds.train_outfits
     items = ds.train_items()
     self.pool_all = items

@@ -140,6 +140,15 @@ class CtlData:
     """Item index of (signature, box); KeyError when the item is not in this split."""
     return self._index[item_key(signature, box)]
 
+  def subset(self, items: np.ndarray) -> CtlData:
+    """The split restricted to `items` (ids ascending); outfit ids and categories unchanged."""
+    items = np.asarray(items)
+    return dataclasses.replace(
+        self, item_outfit=self.item_outfit[items], item_box=self.item_box[items],
+        item_category=self.item_category[items], item_keys=[self.item_keys[i] for i in items],
+        item_line=self.item_line[items] if len(self.item_line) else self.item_line,
+        drops=DropReport(strict=self.drops.strict))
+
 
 def read_ctl(root: str | os.PathLike, split: str = "train", *, images_dir: str = "images",
              strict: bool = False, check_images: bool = True,

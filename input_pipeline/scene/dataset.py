@@ -19,6 +19,7 @@ from input_pipeline.scene import sampler as scene_sampler
 class SceneDataset:
   stl: stl.StlData
   train: scene_sampler.ScenePairs
+  validation: scene_sampler.ScenePairs  # carved from the training scenes (may be empty)
   test: scene_sampler.ScenePairs
   scene_images: ImageSource  # image of scene id i (files, or a TFDS dataset)
   product_images: ImageSource  # image of product id i
@@ -47,16 +48,27 @@ class SceneDataset:
     return [feature_cache.scene_crop_key(self.stl.scenes[self.stl.pair_scene[p]], crop)
             for p, crop in zip(split.pairs, split.crops)]
 
+  def split(self, name: str) -> scene_sampler.ScenePairs:
+    """The pairs of split `name` ('train', 'validation' or 'test')."""
+    if name not in scene_sampler.SPLITS:
+      raise ValueError(f"split must be one of {scene_sampler.SPLITS}, got {name!r}")
+    return getattr(self, name)
+
+  def training_products(self) -> np.ndarray:
+    """Sorted ids of the products of the training pairs: the only ones training sees."""
+    return np.unique(self.stl.pair_product[self.train.pairs])
+
   def product_popularity(self) -> np.ndarray:
     """[num_products] number of training pairs each product appears in."""
     return np.bincount(self.stl.pair_product[self.train.pairs],
                        minlength=len(self.stl.products)).astype(np.float64)
 
   def summary(self) -> str:
+    too_small = sum(self.split(name).num_too_small for name in scene_sampler.SPLITS)
     return (f"{len(self.stl)} pairs, {len(self.stl.scenes)} scenes, {len(self.stl.products)} "
             f"products, {len(self.categories)} categories; train {len(self.train.pairs)} pairs, "
-            f"test {len(self.test.pairs)} pairs; crops under the minimum: "
-            f"{self.train.num_too_small + self.test.num_too_small}; {self.stl.drops.summary()}")
+            f"validation {len(self.validation.pairs)}, test {len(self.test.pairs)}; crops "
+            f"under the minimum: {too_small}; {self.stl.drops.summary()}")
 
 
 def _read_folder(c: ml_collections.ConfigDict) -> tuple[stl.StlData, FileImages, FileImages]:
@@ -76,8 +88,8 @@ def _read_folder(c: ml_collections.ConfigDict) -> tuple[stl.StlData, FileImages,
 
 
 def load_scene_dataset(data_config: ml_collections.ConfigDict) -> SceneDataset:
-  """Reads the STL data (`data.tfds_name`, else the folder `data.root`) and prepares the train
-  and test pairs."""
+  """Reads the STL data (`data.tfds_name`, else the folder `data.root`) and prepares the train,
+  validation and test pairs."""
   c = data_config
   if c.tfds_name:
     from input_pipeline.readers import tfds_source  # TFDS only when asked for
@@ -93,6 +105,7 @@ def load_scene_dataset(data_config: ml_collections.ConfigDict) -> SceneDataset:
                      "--config.data.tfds_name=stl_fashion [--config.data.tfds_dir=DIR]")
   if len(data.drops):
     logging.warning("%s: %s", where, data.drops.summary())
-  split = lambda name: scene_sampler.split_pairs(data, name, c.test_fraction, c.min_crop_fraction)
-  return SceneDataset(stl=data, train=split("train"), test=split("test"), scene_images=scenes,
-                      product_images=products)
+  split = lambda name: scene_sampler.split_pairs(data, name, c.test_fraction, c.min_crop_fraction,
+                                                 c.validation_fraction)
+  return SceneDataset(stl=data, train=split("train"), validation=split("validation"),
+                      test=split("test"), scene_images=scenes, product_images=products)

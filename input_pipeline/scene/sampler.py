@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from input_pipeline.readers.stl import StlData
-from input_pipeline.splits import is_test_signature
+from input_pipeline.splits import VALIDATION_SALT, is_test_signature
 
 
 def complement_crops(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,13 +53,29 @@ class ScenePairs:
   num_too_small: int  # pairs of this split dropped because the kept rectangle was too small
 
 
-def split_pairs(data: StlData, split: str, test_fraction: float,
-                min_crop_fraction: float) -> ScenePairs:
-  """Pairs of `split` ('train' or 'test') whose scene keeps a large enough rectangle."""
-  if split not in ("train", "test"):
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  scene_is_test = np.array([is_test_signature(s, test_fraction) for s in data.scenes], bool)
-  in_split = scene_is_test[data.pair_scene] == (split == "test")
+SPLITS = ("train", "validation", "test")
+
+
+def scene_splits(scenes: list[str], test_fraction: float,
+                 validation_fraction: float = 0.0) -> np.ndarray:
+  """[len(scenes)] the index in SPLITS of each scene's split, by signature hash: the test split
+  first (as the TFDS builders split), then `validation_fraction` of the remaining scenes."""
+  out = np.zeros(len(scenes), np.int8)
+  for i, s in enumerate(scenes):
+    if is_test_signature(s, test_fraction):
+      out[i] = 2
+    elif validation_fraction and is_test_signature(s, validation_fraction, VALIDATION_SALT):
+      out[i] = 1
+  return out
+
+
+def split_pairs(data: StlData, split: str, test_fraction: float, min_crop_fraction: float,
+                validation_fraction: float = 0.0) -> ScenePairs:
+  """Pairs of `split` (one of SPLITS) whose scene keeps a large enough rectangle."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  which = scene_splits(data.scenes, test_fraction, validation_fraction)
+  in_split = which[data.pair_scene] == SPLITS.index(split)
   crops, fractions = complement_crops(data.pair_box)
   keep = in_split & (fractions >= min_crop_fraction)
   return ScenePairs(pairs=np.flatnonzero(keep).astype(np.int32), crops=crops[keep],
@@ -67,22 +83,42 @@ def split_pairs(data: StlData, split: str, test_fraction: float,
 
 
 class NegativeSampler:
-  """Draws, per pair, products of the positive's category that its scene does not contain."""
+  """Draws, per pair, products of the positive's category that its scene does not contain.
 
-  def __init__(self, data: StlData):
+  Negatives come from `pool` only (the training products: a held-out product must stay unseen
+  by training, or cold-start figures would be flattered).
+  """
+
+  def __init__(self, data: StlData, pool: np.ndarray | None = None):
     self.num_products = len(data.products)
-    self.by_category = [np.flatnonzero(data.product_category == c).astype(np.int32)
+    pool = np.arange(self.num_products) if pool is None else np.asarray(pool)
+    self.by_category = [np.sort(pool[data.product_category[pool] == c]).astype(np.int32)
                         for c in range(len(data.categories))]
     # Products of each scene, as sorted keys scene * num_products + product.
     self._scene_product = np.unique(data.pair_scene.astype(np.int64) * self.num_products
                                     + data.pair_product)
     self._pair_scene = data.pair_scene
     self._pair_category = data.pair_category
+    # How many pool products of each (scene, category) the scene contains.
+    scenes, products = np.divmod(self._scene_product, self.num_products)
+    in_pool = np.zeros(self.num_products, bool)
+    in_pool[pool] = True
+    num_categories = len(data.categories)
+    keys = scenes[in_pool[products]] * num_categories + data.product_category[
+        products[in_pool[products]]]
+    self._own_keys, self._own_counts = np.unique(keys, return_counts=True)
+    self._num_categories = num_categories
 
   def can_sample(self, pairs: np.ndarray) -> np.ndarray:
-    """Pairs whose category has a product outside their scene."""
+    """Pairs whose category has a pool product outside their scene."""
+    cats = self._pair_category[pairs]
+    keys = self._pair_scene[pairs].astype(np.int64) * self._num_categories + cats
+    own = np.zeros(len(keys), np.int64)
+    if len(self._own_keys):
+      at = np.minimum(np.searchsorted(self._own_keys, keys), len(self._own_keys) - 1)
+      own = np.where(self._own_keys[at] == keys, self._own_counts[at], 0)
     sizes = np.array([len(p) for p in self.by_category])
-    return sizes[self._pair_category[pairs]] > 1
+    return sizes[cats] > own
 
   def sample(self, pairs: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
     """[len(pairs), num] negatives for `pairs` (all must satisfy `can_sample`)."""
@@ -94,12 +130,18 @@ class NegativeSampler:
       pool = self.by_category[c]
       draw = pool[rng.integers(len(pool), size=(len(rows), num))]
       for _ in range(100):  # resample the few that hit their own scene
-        bad = np.isin(scenes[rows, None] * self.num_products + draw, self._scene_product)
+        bad = self._in_scene(scenes[rows, None], draw)
         if not bad.any():
           break
         draw[bad] = pool[rng.integers(len(pool), size=int(bad.sum()))]
+      for r in np.flatnonzero(bad.any(axis=1)):  # scenes holding most of a tiny pool
+        allowed = pool[~self._in_scene(scenes[rows[r]], pool)]
+        draw[r] = np.where(bad[r], allowed[rng.integers(len(allowed), size=num)], draw[r])
       out[rows] = draw
     return out
+
+  def _in_scene(self, scenes: np.ndarray, products: np.ndarray) -> np.ndarray:
+    return np.isin(scenes * self.num_products + products, self._scene_product)
 
 
 def scene_product_table(data: StlData) -> np.ndarray:
@@ -123,7 +165,8 @@ class TripletSampler:
   """
 
   def __init__(self, data: StlData, split: ScenePairs, seed: int, num_negatives: int = 1):
-    self.negatives = NegativeSampler(data)
+    # Negatives among the products of this split only (its pairs' products).
+    self.negatives = NegativeSampler(data, np.unique(data.pair_product[split.pairs]))
     usable = self.negatives.can_sample(split.pairs)
     self.pairs = split.pairs[usable]
     self.crops = split.crops[usable]

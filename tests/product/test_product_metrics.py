@@ -5,6 +5,7 @@ import pytest
 
 from ctl_jax import metrics
 from ctl_jax.product import evaluation as product_eval
+from input_pipeline.product import dataset as product_data
 from input_pipeline.readers import ctl
 from input_pipeline.readers.drops import DropReport
 
@@ -78,15 +79,42 @@ def test_perfect_scorer_gets_one_and_constant_scorer_gets_random():
   fitb = product_eval.sample_fitb(test, 5, seed=1)
   assert len(fitb.answers) == 6 and np.all(fitb.answers >= 0)
   style = np.eye(6)[test.item_outfit]  # every outfit its own direction
-  perfect = product_eval.ranking_metrics(product_eval.embedding_scorer(style), full, restricted,
-                                         fitb, (1, 5, 10))
+  perfect = product_eval.ranking_metrics(product_eval.embedding_scorer(style),
+                                         product_eval.Protocol(full, restricted, fitb),
+                                         (1, 5, 10))
   assert all(v == pytest.approx(1.0) for v in perfect.values())
-  chance = product_eval.ranking_metrics(product_eval.constant_scorer, full, restricted, fitb,
+  chance = product_eval.ranking_metrics(product_eval.constant_scorer,
+                                        product_eval.Protocol(full, restricted, fitb),
                                         (1, 5, 10))
   assert chance["r@1"] == pytest.approx(4 / 12 / 1)  # E[positives in top 1] = 4/12
   assert chance["r@10"] == pytest.approx(10 * 4 / 12 / 4)
   assert chance["restricted_r@1"] == pytest.approx(1 / 6)  # 1 positive among 6 of its category
   assert chance["fitb"] == pytest.approx(0.25)
+
+
+def test_oracle_is_perfect_and_unseen_figures_cover_only_untrained_products():
+  test = _ctl([FIVE] * 6)
+  full, restricted = product_eval.retrieval_corpora(test, corpus_size=12, outfit_size=5, seed=1)
+  fitb = product_eval.sample_fitb(test, 5, seed=1)
+  latents = {"item_style": {k: int(o) for k, o in zip(test.item_keys, test.item_outfit)}}
+  best = product_eval.ranking_metrics(product_eval.oracle_scorer(latents, test),
+                                      product_eval.Protocol(full, restricted, fitb), (1, 10))
+  assert all(v == pytest.approx(1.0) for v in best.values())
+  # Outfit 0 shows products that training also shows: its queries drop out of *_unseen.
+  ds = product_data.ProductDataset(root="", train=test, test=test,
+                                   train_outfits=np.array([0], np.int32), train_fraction=1.0,
+                                   file_triplets=None)
+  latents["item_product"] = {k: f"p{i}" for i, k in enumerate(test.item_keys)}
+  a, r, f = product_eval.unseen_queries(latents, ds, test, full, restricted, fitb)
+  assert not a[test.item_outfit[full.query] == 0].any()
+  assert a[test.item_outfit[full.query] != 0].all()
+  assert r.sum() == np.sum(test.item_outfit[restricted.query] != 0)
+  assert f.sum() == len(f) - 1
+  metrics = product_eval.ranking_metrics(product_eval.constant_scorer,
+                                         product_eval.Protocol(full, restricted, fitb, (a, r, f)),
+                                         (1,))
+  assert metrics["r@1_unseen"] == pytest.approx(4 / 12)
+  assert metrics["fitb_unseen"] == pytest.approx(0.25)
 
 
 def test_fitb_by_hand():

@@ -28,11 +28,23 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
   results = loop.train_and_evaluate(config, workdir)
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
-  for key in ("r@1", "r@5", "r@10", "restricted_r@10", "fitb", "category_accuracy", "protocol"):
+  for key in ("r@1", "r@5", "r@10", "restricted_r@10", "fitb", "category_accuracy", "protocol",
+              "r@10_unseen", "fitb_unseen"):
     assert key in saved
-  assert set(saved["baselines"]) == {"random", "popularity", "untrained"}
+  # The generator's latents sit beside the folder: the oracle is the ceiling of every method.
+  assert set(saved["baselines"]) == {"random", "popularity", "untrained", "oracle"}
+  for method in ("random", "popularity", "untrained"):
+    for key in ("r@10", "restricted_r@10", "fitb"):
+      assert saved["baselines"]["oracle"][key] >= saved["baselines"][method][key]
+  assert saved["baselines"]["oracle"]["r@10"] > 2 * saved["baselines"]["random"]["r@10"]
+  # Validated during training; the final figures are those of the best validated state.
+  validated = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()
+               if "validation/r@10" in line]
+  assert validated and validated[0]["step"] == 0
+  best_steps = [int(p.name) for p in (tmp_path / "run" / "best").iterdir() if p.name.isdigit()]
+  assert len(best_steps) == 1 and best_steps[0] in [v["step"] for v in validated]
   assert "fitb_eval.json" in saved["protocol"] and saved["num_fitb_questions"] > 0
-  assert saved["step"] == config.train.num_steps
+  assert saved["step"] == best_steps[0]
   # Random: exact expectations, e.g. R@10 = 10 * P / N / min(P, 10) with P = 4 positives.
   assert results["baselines"]["random"]["r@10"] == np.float64(10 / config.eval.corpus_size)
   assert results["baselines"]["random"]["fitb"] == 0.25
@@ -44,7 +56,7 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
 
   # The feature cache holds the same backbone vectors as the image path (to float16).
   run = loop.setup(config, workdir)
-  state = run.restore_or_init()
+  state = loop.selected_state(run, run.restore_or_init())  # what serving restores
   cache = loop.extract_features(config, workdir)
   sharding_of = sharding.shardings_of(state)
   from_images = product_eval.ItemEmbedder(run.model, run.mesh, sharding_of, config)(

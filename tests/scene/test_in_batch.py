@@ -33,6 +33,19 @@ def test_mask_by_hand():
   np.testing.assert_array_equal(mask, expected)
 
 
+def test_a_product_repeated_in_the_batch_is_one_negative():
+  category = jnp.array([0, 0])
+  positive = jnp.array([10, 11])
+  scene_products = jnp.array([[10], [11]])
+  # Product 30 is row 0's and row 1's sampled negative, and 11 is also row 0's negative.
+  cand_index = jnp.array([10, 11, 30, 30, 11])
+  cand_category = jnp.zeros(5, jnp.int32)
+  mask = losses.in_batch_negative_mask(category, positive, scene_products, cand_category,
+                                       cand_index)
+  np.testing.assert_array_equal(mask, [[False, True, True, False, False],
+                                       [True, False, True, False, False]])
+
+
 def test_in_batch_hinge_by_hand():
   d_pos = jnp.array([0.5, 1.0])
   d_cand = jnp.array([[0.4, 0.9, 2.0], [0.0, 1.1, 0.5]])

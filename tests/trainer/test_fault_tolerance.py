@@ -162,14 +162,19 @@ def test_nonfinite_step_skipped_by_config(smoke_config, tmp_path, monkeypatch):
   assert _leaves_equal(saved[3].opt_state, saved[2].opt_state)
   assert not _leaves_equal(saved[4].params, saved[3].params)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved[4].params))
-  with open(tmp_path / run_log.METRICS_FILE) as f:
-    lines = [json.loads(line) for line in f]
+  lines = _training_lines(tmp_path)
   assert [line["step"] for line in lines] == [1, 2, 3, 4]
   assert [line["skipped_steps"] for line in lines] == [0, 0, 1, 1]
   assert lines[2]["loss"] is None
   assert all(np.isfinite(line["loss"]) for line in lines if line["step"] != 3)
   with open(tmp_path / nonfinite.REPORT_FILE) as f:
     assert [json.loads(line)["action"] for line in f] == ["skip"]
+
+
+def _training_lines(workdir):
+  """The training lines of metrics.jsonl (validation lines hold `validation/...` instead)."""
+  with open(workdir / run_log.METRICS_FILE) as f:
+    return [line for line in map(json.loads, f) if "loss" in line]
 
 
 def _tensorboard_scalars(logdir):
@@ -186,8 +191,7 @@ def test_metrics_jsonl_and_tensorboard(smoke_config, tmp_path):
   run = loop.setup(smoke_config, str(tmp_path))
   loop.train(run, stop_after_step=3)
   loop.train(loop.setup(smoke_config, str(tmp_path)))  # resumes at 3, logs step 4
-  with open(tmp_path / run_log.METRICS_FILE) as f:
-    lines = [json.loads(line) for line in f]
+  lines = _training_lines(tmp_path)
   assert [line["step"] for line in lines] == [1, 2, 3, 4]
   board = _tensorboard_scalars(tmp_path / run_log.TENSORBOARD_DIR)
   for name in ("loss", "triplet_accuracy", "learning_rate", "triplets_per_second"):

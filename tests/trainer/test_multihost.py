@@ -43,11 +43,13 @@ def _free_port():
 
 
 def _metrics(workdir):
+  """The training lines of metrics.jsonl."""
   path = os.path.join(workdir, run_log.METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
+    lines = [json.loads(line) for line in f if line.endswith("\n")]
+  return [m for m in lines if "loss" in m]  # training lines (not `validation/...`)
 
 
 def _final_params(smoke_config, workdir):

@@ -1,0 +1,38 @@
+"""Backbone outputs: the stage of the regions and of the global vector, and hypercolumns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctl_jax.nn import backbones
+
+
+def _outputs(region_stage, global_stage, multiscale, images):
+  net = backbones.create_backbone("resnet_tiny", "float32", region_stage, global_stage,
+                                  multiscale)
+  variables = net.init(jax.random.key(0), images)
+  return net.apply(variables, images)
+
+
+def test_stages_and_hypercolumns():
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+  plain = _outputs(3, 5, False, images)
+  # resnet_tiny: stage outputs 16, 32, 64, 128 channels on grids 16, 8, 4, 2 at 64 px.
+  assert plain["regions"].shape == (2, 8, 8, 32) and plain["global"].shape == (2, 128)
+  multi = _outputs(3, 5, True, images)
+  assert multi["regions"].shape == (2, 8, 8, 16 + 32)
+  assert multi["global"].shape == (2, 16 + 32 + 64 + 128)
+  # Same parameters: the last stage's part of each hypercolumn is the plain output.
+  np.testing.assert_allclose(multi["regions"][..., 16:], plain["regions"], rtol=1e-6)
+  np.testing.assert_allclose(multi["global"][:, -128:], plain["global"], rtol=1e-6)
+  # Stage 2's part: its 16x16 map averaged over each 2x2 block of the 8x8 grid.
+  stage2 = _outputs(2, 2, False, images)["regions"]
+  blocks = stage2.reshape(2, 8, 2, 8, 2, 16).mean(axis=(2, 4))
+  np.testing.assert_allclose(multi["regions"][..., :16], blocks, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(multi["global"][:, :16], jnp.mean(stage2, axis=(1, 2)), rtol=1e-5)
+
+
+def test_unknown_stage_is_refused():
+  with pytest.raises(ValueError, match="model.region_stage=6"):
+    backbones.create_backbone("resnet_tiny", "float32", 6, 5)
