@@ -3,19 +3,22 @@
   python run.py generate-data --out data/demo --scenes 3000 --seed 0
   python run.py train --config configs/demo.py --workdir runs/demo
 
-It prints (about 3 minutes on 2 CPU cores; the run is deterministic, these are its digits):
+It prints (481 held-out pairs, 195 of them with a product never seen in training; the state of
+the best validation hr@10, step 1600; the run is deterministic; about 5 minutes):
 
-  method                   auc            hr@1           hr@10           hr@50    category_auc ...
-  model                 0.8422          0.1376          0.5698          0.9210          0.8322 ...
-  random                0.4859          0.0078          0.0907          0.4956          0.4843 ...
-  popularity            0.6918          0.1234          0.4090          0.7440          0.6055 ...
-  untrained             0.4971          0.0146          0.1112          0.5063          0.4946 ...
+  method                   auc            hr@1           hr@10           hr@50      auc_unseen ...
+  model                 0.7768          0.0437          0.3909          0.8649          0.7313 ...
+  random                0.4698          0.0166          0.0936          0.4595          0.4656 ...
+  popularity            0.4850          0.0613          0.2763          0.4785          0.0721 ...
+  untrained             0.5097          0.0042          0.1331          0.5010          0.5232 ...
+  oracle                0.9361          0.0790          0.7589          1.0000          0.9351 ...
 
 Nothing is downloaded, so the frozen backbone here is a small ResNet with random weights: a fixed
 random-feature extractor. Its features are computed once per image into the feature cache
 (`data.source='features'`), and the heads f, l, h and e_c train on them at thousands of triplets
-per second. Each scene is also scored against every other same-category product of its batch
-(`loss.in_batch_negatives`, one inner product each), which makes the most of the cheap steps.
+per second. Random features keep colour and texture in the early stages, so the global vector is
+stage 2 pooled and the regions are stage 3; without in-batch negatives the heads remember the
+training products less (the README's ablation, "Learning style on unseen products").
 With ImageNet weights and real photos, the paper's exact setting is configs/default.py.
 configs/demo_finetune.py trains the same small ResNet end to end from images instead.
 """
@@ -33,17 +36,24 @@ def get_config():
   config.input.num_parallel_calls = 2  # AUTOTUNE oversubscribes a 2-core machine
   config.model.backbone = "resnet_small"
   config.model.freeze_backbone = True
+  # Random features keep colour and texture in the early stages and mix them away later: the
+  # global vector is stage 2 pooled, the regions stage 3 (8 x 8 at 64 px). See the README's
+  # ablation table ("Learning style on unseen products").
+  config.model.global_stage = 2
+  config.model.region_stage = 3
   config.model.global_hidden = 128
   config.model.local_hidden = 128
   config.model.attention_hidden = 64
   config.model.embed_dim = 64
-  config.loss.in_batch_negatives = True
+  # Off: in-batch negatives fit the training products faster and generalise worse (ablation).
+  config.loss.in_batch_negatives = False
   config.features.batch_size = 128
   config.optimizer.learning_rate = 3e-3
   config.optimizer.schedule = "cosine"
   config.optimizer.warmup_steps = 100
-  config.train.num_steps = 2000
+  config.train.num_steps = 1600  # the main command in under 5 minutes on 2 cores
   config.train.log_every_steps = 250
   config.train.checkpoint_every_steps = 1000
   config.eval.batch_size = 256
+  config.eval.every_steps = 200
   return config

@@ -9,9 +9,9 @@ weights whose features are computed once per item crop into the feature cache
 thousands of tuples per second. Other losses: --config.loss.name=contrastive|proxy, see
 configs/product_default.py.
 
-Measured on a shared 2-core CPU (4000 outfits, 17,733 item crops): feature extraction about 3 min,
-2000 steps about 3 min (about 2,500 tuples/s; the 16:1 contrastive loss about 650), evaluation
-with baselines about 2 min; held-out R@10 0.33 vs popularity 0.05, FITB 0.83 vs 0.25 (README).
+On 1,000 generated outfits (the STL-like default reuse, three generator seeds; README, "Learning
+style on unseen products"): held-out R@10 0.279 ± 0.010 (the oracle 0.360, untrained 0.032), FITB
+0.810 ± 0.026 (oracle 0.819, untrained 0.257); the three runs took under 5 minutes together.
 """
 
 from configs import product_default

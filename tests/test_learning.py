@@ -1,57 +1,65 @@
-"""The demo config learns the planted complementary rule: held-out HR@10 clearly above popularity
-and the untrained model, in about a minute of training on 2 CPU cores."""
+"""The demo configs learn the planted complementary rule on products they have never seen.
+
+The data makes every product unique (`reuse=1`, as most real STL and CTL products are), so no test
+positive occurs in training: remembering products cannot help, only the style rule can. Each run
+takes a couple of minutes on 2 CPU cores; the bars are the measured gaps over the untrained model
+with room for seed-to-seed spread (README, "Learning style on unseen products").
+"""
 
 import json
 
 import pytest
 
-from configs import demo
+from configs import demo, product_demo
 from ctl_jax.trainer import loop
 from input_pipeline.tools import synthetic_ctl, synthetic_stl
 
 
 @pytest.mark.slow
-def test_demo_config_beats_popularity_and_untrained_on_held_out_scenes(
-    tmp_path, optimized_compilation):
+def test_demo_config_learns_style_on_unseen_products(tmp_path, optimized_compilation):
   root = tmp_path / "data"
-  synthetic_stl.write_stl_dataset(root, num_scenes=2000, seed=1)  # not the README's seed
+  # Not the README's seed; every product in one scene.
+  synthetic_stl.write_stl_dataset(root, num_scenes=1000, seed=1, reuse=1.0)
   config = demo.get_config()
   config.data.root = str(root)
-  config.train.num_steps = 800
+  config.train.num_steps = 600
+  config.eval.every_steps = 150
   results = loop.train_and_evaluate(config, str(tmp_path / "run"))
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
-  for key in ("auc", "hr@1", "hr@10", "hr@50", "category_hr@10", "protocol"):
+  for key in ("auc", "hr@10", "auc_unseen", "hr@10_unseen", "category_hr@10", "protocol"):
     assert key in saved
-  assert set(saved["baselines"]) == {"random", "popularity", "untrained"}
+  assert set(saved["baselines"]) == {"random", "popularity", "untrained", "oracle"}
+  assert saved["num_unseen"] == saved["num_queries"]  # every test positive is a new product
   base = results["baselines"]
-  assert base["random"]["hr@10"] < 0.15 and base["untrained"]["hr@10"] < 0.2
-  assert results["hr@10"] > base["popularity"]["hr@10"] + 0.08, results
-  assert results["hr@10"] > base["untrained"]["hr@10"] + 0.25, results
-  assert results["auc"] > base["popularity"]["auc"] + 0.08, results
-  assert results["category_hr@10"] > base["popularity"]["category_hr@10"] + 0.08, results
+  assert base["oracle"]["hr@10"] > 0.6 and base["oracle"]["auc"] > 0.85
+  assert results["auc_unseen"] > base["untrained"]["auc"] + 0.07, results
+  assert results["hr@10_unseen"] > base["untrained"]["hr@10"] + 0.04, results
+  assert results["hr@10"] < base["oracle"]["hr@10"]
+  # Popularity only knows training products: on new ones it ranks the positive last.
+  assert base["popularity"]["auc"] < 0.5
 
 
 @pytest.mark.slow
-def test_product_demo_config_beats_popularity_and_untrained_on_held_out_outfits(
-    tmp_path, optimized_compilation):
-  from configs import product_demo
+def test_product_demo_config_learns_style_on_unseen_products(tmp_path, optimized_compilation):
   root = tmp_path / "ctl"
-  # Not the README's seed.
-  synthetic_ctl.write_ctl_dataset(root, num_outfits=1200, seed=1, image_size=128)
+  # Not the README's seed; every product in one outfit.
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=1000, seed=1, image_size=128, reuse=1.0)
   config = product_demo.get_config()
   config.data.root = str(root)
   config.train.num_steps = 600
+  config.eval.every_steps = 150
   config.eval.popularity_train_items = 300
   results = loop.train_and_evaluate(config, str(tmp_path / "run"))
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
-  for key in ("r@1", "r@5", "r@10", "fitb", "category_accuracy", "protocol"):
+  for key in ("r@1", "r@10", "fitb", "r@10_unseen", "fitb_unseen", "category_accuracy"):
     assert key in saved
+  assert saved["num_unseen_queries"] == saved["num_queries"]
   base = results["baselines"]
   assert base["random"]["r@10"] == pytest.approx(10 * 4 / 200 / 4)  # E[hits in top 10] / min(P, 10)
-  assert results["r@10"] > base["popularity"]["r@10"] + 0.08, results
-  assert results["r@10"] > base["untrained"]["r@10"] + 0.08, results
-  assert results["restricted_r@10"] > base["popularity"]["restricted_r@10"] + 0.15, results
-  assert results["fitb"] > base["popularity"]["fitb"] + 0.2, results
-  assert results["category_accuracy"] > 0.9, results
+  assert base["oracle"]["fitb"] > 0.7  # other outfits of the same style tie with the answer
+  assert results["r@10_unseen"] > base["untrained"]["r@10"] + 0.05, results
+  assert results["fitb_unseen"] > base["untrained"]["fitb"] + 0.1, results
+  assert results["category_accuracy"] > 0.7, results  # 13 categories; state chosen by r@10
+  assert results["fitb"] < base["oracle"]["fitb"]

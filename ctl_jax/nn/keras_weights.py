@@ -58,6 +58,9 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   return layers
 
 
+_STAGE = re.compile(r"conv(\d)_block")
+
+
 def _flax_location(layer: str) -> tuple[str, ...]:
   """Path of a Keras layer inside the Flax backbone's variable dicts."""
   match = _BLOCK_LAYER.match(layer)
@@ -70,12 +73,19 @@ def keras_to_flax(layers: dict[str, dict[str, np.ndarray]], template: dict) -> d
   Args:
     layers: the output of `read_keras_h5`.
     template: the backbone's own variables (arrays or ShapeDtypeStructs), to check against:
-      every Flax array must be provided with its exact shape, and no Keras weight may be left.
+      every Flax array must be provided with its exact shape, and no Keras weight may be left,
+      except those of the stages after the last one the backbone computes (a backbone whose
+      regions and global vector come from earlier stages, see `model.global_stage`).
   Raises:
     ValueError naming the first missing, unexpected or mis-shaped layer/weight.
   """
   out = jax.tree.map(lambda _: None, template)
+  stages = [int(m.group(1)) for m in map(_STAGE.match, template.get("params", {})) if m]
+  last_stage = max(stages, default=5)
   for layer, weights in layers.items():
+    stage = _STAGE.match(layer)
+    if stage and int(stage.group(1)) > last_stage:
+      continue  # a stage the backbone does not compute
     where = _flax_location(layer)
     for name, value in weights.items():
       if name not in _WEIGHTS:

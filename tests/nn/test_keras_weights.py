@@ -93,12 +93,21 @@ def test_config_loads_weights_into_a_frozen_train_state(keras_model_and_file, sm
   smoke_config.model.backbone = "resnet50"
   smoke_config.model.backbone_weights = str(path)
   smoke_config.input.normalization = "caffe"
+  smoke_config.model.global_stage, smoke_config.model.region_stage = 5, 4  # the paper's
   run = loop.setup(smoke_config, str(tmp_path))
   state = run.fresh_state()
   kernel = state.frozen_params["backbone"]["conv4_block6"]["2_conv"]["kernel"]
   with h5py.File(path, "r") as f:
     expected = f["conv4_block6_2_conv"]["conv4_block6_2_conv/kernel"][()]
+    early = f["conv3_block2_2_conv"]["conv3_block2_2_conv/kernel"][()]
   np.testing.assert_array_equal(np.asarray(kernel), expected)
+  # A backbone that stops at stage 3 takes the weights of its stages; the file's later ones
+  # are left out.
+  smoke_config.model.global_stage, smoke_config.model.region_stage = 2, 3
+  short = loop.setup(smoke_config, str(tmp_path / "short")).fresh_state()
+  assert "conv4_block1" not in short.frozen_params["backbone"]
+  np.testing.assert_array_equal(
+      np.asarray(short.frozen_params["backbone"]["conv3_block2"]["2_conv"]["kernel"]), early)
   smoke_config.input.normalization = "imagenet"
   with pytest.raises(ValueError, match="caffe"):
     loop.setup(smoke_config, str(tmp_path / "x")).fresh_state()
