@@ -3,7 +3,8 @@ generate-data | inspect-data | download-images.
 
   python run.py generate-data --out DIR --scenes N --seed S
   python run.py inspect-data --format stl|ctl --root DIR [--json FILE]
-  python run.py download-images --annotations FILE --out DIR [--base-url URL]
+  python run.py download-images --annotations FILE --out DIR [--base-url URL] [--workers N]
+      [--annotation_format auto|stl_pairs|ctl_raw|ctl_triplets|ctl_fitb]
   python run.py train --config configs/demo.py --workdir W [--config.field=value ...]
   python run.py evaluate --config configs/demo.py --workdir W
   python run.py extract-features --config configs/demo.py --workdir W
@@ -25,31 +26,40 @@ flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, ev
 flags.DEFINE_string("out", None, "generate-data: output folder; export: catalogue folder "
                     "(default W/export); recommend: report folder (default W/recommend); "
                     "download-images: image folder.")
-flags.DEFINE_integer("scenes", 3000, "generate-data: number of scene photos (STL format).")
+flags.DEFINE_integer("scenes", 3000, "generate-data: number of scene photos (STL format).",
+                     lower_bound=1)
 flags.DEFINE_integer("outfits", None, "generate-data: number of outfit collages (CTL format); "
-                     "default: as many as scenes.")
+                     "default: as many as scenes.", lower_bound=1)
 flags.DEFINE_enum("format", "both", ["stl", "ctl", "both"], "generate-data: which formats.")
 flags.DEFINE_integer("seed", 0, "generate-data: seed (same seed, same bytes).")
 flags.DEFINE_float("reuse", 72_198 / 38_111, "generate-data: mean (scene, product) pairs or "
                    "outfits per product; 1 makes every product unique. Default: STL-Fashion's "
-                   "1.89 (72,198 pairs of 38,111 products).")
+                   "1.89 (72,198 pairs of 38,111 products).", lower_bound=1.0)
 flags.DEFINE_string("catalogue", None, "export: a catalogue folder (fashion-cat.json + images/) "
                     "or 'features' (the training products, from the feature cache).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "export: embedding file dtype.")
 flags.DEFINE_bool("savedmodel", False, "export: also write TF SavedModels of the encoders.")
 flags.DEFINE_string("scene", None, "recommend: scene image to complete.")
 flags.DEFINE_string("product", None, "recommend: product image (product-task model).")
-flags.DEFINE_list("category", [], "recommend: categories to rank (default: all, blended).")
-flags.DEFINE_integer("k", 10, "recommend: number of products.")
+flags.DEFINE_multi_string("category", [], "recommend: a category to rank, repeatable "
+                          "(--category Shoes --category 'Handbags, Wallets & Cases'); a value "
+                          "that is no category name is read as a comma-separated list. Default: "
+                          "all, blended.")
+flags.DEFINE_integer("k", 10, "recommend: number of products.", lower_bound=1)
 flags.DEFINE_integer("quota", 0, "recommend: products per category when blending "
-                     "(default ceil(k / categories)).")
+                     "(default 0: ceil(k / categories)).", lower_bound=0)
 flags.DEFINE_string("embeddings", None, "recommend: exported catalogue (default W/export).")
 flags.DEFINE_string("root", None, "inspect-data: the dataset folder.")
 flags.DEFINE_string("json", None, "inspect-data: also write the summary as JSON to this file.")
 flags.DEFINE_string("annotations", None, "download-images: fashion.json, raw_*.tsv, "
-                    "triplet_*.tsv or fitb_eval.json.")
+                    "triplet_*.tsv or fitb_eval.json (another name: give --annotation_format).")
+flags.DEFINE_enum("annotation_format", "auto",
+                  ["auto", "stl_pairs", "ctl_raw", "ctl_triplets", "ctl_fitb"],
+                  "download-images: the kind of --annotations: STL pairs (fashion.json lines), "
+                  "CTL raw items, outfit triplets or FITB questions; auto: from the file name.")
 flags.DEFINE_string("base-url", None, "download-images: replaces the published image URL prefix.")
-flags.DEFINE_integer("workers", 16, "download-images: parallel downloads.")
+flags.DEFINE_integer("workers", 16, "download-images: parallel downloads and checks of the "
+                     "images already there.", lower_bound=1)
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0's "
                     "coordinator (default: $JAX_COORDINATOR_ADDRESS).")
@@ -102,18 +112,28 @@ def _start():
     logging.set_verbosity(logging.WARNING)  # process 0 tells the story; others only warn
 
 
+def _expected_errors() -> tuple[type[Exception], ...]:
+  """The failures that are the user's to fix (config, data, workdir, checkpoint, request): they
+  end a command with one line naming the problem and exit code 1. Anything else is a bug and
+  keeps its traceback."""
+  from ctl_jax.serving.errors import ServingError
+  from ctl_jax.trainer import checkpoint, config_fields, nonfinite, workdir_lock
+  from input_pipeline.readers.drops import DataError
+  return (nonfinite.NonFiniteError, checkpoint.IncompatibleCheckpointError,
+          checkpoint.CorruptCheckpointError, checkpoint.NoCheckpointError,
+          config_fields.ConfigError, DataError, workdir_lock.WorkdirLockedError, ServingError)
+
+
 def _run_model_command(name: str):
-  """Joins the cluster, then runs the trainer's command `name` (ctl_jax/trainer/loop.py);
-  expected failures end with their message and exit code 1 (no traceback)."""
+  """Joins the cluster, then runs the trainer's command `name` (ctl_jax/trainer/loop.py)."""
   _start()
   # Imported after joining the cluster: nothing may touch a device before.
-  from ctl_jax.trainer import checkpoint, config_fields, loop, nonfinite
+  from ctl_jax.trainer import loop
   commands = {"train": loop.train_and_evaluate, "evaluate": loop.evaluate_checkpoint,
               "extract-features": loop.extract_features}
   try:
     commands[name](FLAGS.config, FLAGS.workdir)
-  except (nonfinite.NonFiniteError, checkpoint.IncompatibleCheckpointError,
-          checkpoint.CorruptCheckpointError, config_fields.ConfigError) as e:
+  except _expected_errors() as e:
     _fail(e)
 
 
@@ -138,16 +158,19 @@ def extract_features():
 def export():
   _need("workdir", "catalogue")
   _hide_gpus_from_tensorflow()
+  try:
+    _export()
+  except _expected_errors() as e:
+    _fail(e)
+
+
+def _export():
   from ctl_jax.serving import export as export_lib
   from ctl_jax.serving import restore, savedmodel, scene_predictor
-  from ctl_jax.trainer import config_fields
   config = FLAGS.config or restore.config_from_meta(restore.open_checkpoint(FLAGS.workdir)[2])
   out = FLAGS.out or f"{FLAGS.workdir}/export"
-  try:
-    manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out,
-                                            FLAGS.dtype)
-  except config_fields.ConfigError as e:
-    _fail(e)
+  manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out,
+                                          FLAGS.dtype)
   if not manifest:  # written by process 0
     return
   print(f"exported {manifest['num_products']} products (step {manifest['model_step']}, "
@@ -162,12 +185,11 @@ def recommend():
   _need("workdir")
   _hide_gpus_from_tensorflow()
   from ctl_jax.serving import recommend as recommend_lib
-  from ctl_jax.trainer import config_fields
   try:
     recommend_lib.recommend(FLAGS.workdir, scene=FLAGS.scene, product=FLAGS.product,
                             categories=FLAGS.category, k=FLAGS.k, quota=FLAGS.quota,
                             embeddings=FLAGS.embeddings, out=FLAGS.out, config=FLAGS.config)
-  except config_fields.ConfigError as e:
+  except _expected_errors() as e:
     _fail(e)
 
 
@@ -192,8 +214,12 @@ def inspect_data():
   _need("root")
   import json
 
+  from input_pipeline.readers.drops import DataError
   from input_pipeline.tools import inspect_data as inspect_lib
-  summary = inspect_lib.summarize(FLAGS.format, FLAGS.root)
+  try:
+    summary = inspect_lib.summarize(FLAGS.format, FLAGS.root)
+  except DataError as e:
+    _fail(e)
   print(inspect_lib.format_summary(summary))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
@@ -201,11 +227,23 @@ def inspect_data():
 
 
 def download_images():
+  """Exit status 1 with one error line when the annotation file cannot be used, or when not one
+  of its images could be fetched or found good; some failures among successes exit 0 (the
+  report counts and lists them)."""
   _need("annotations", "out")
+  from input_pipeline.readers.drops import DataError
   from input_pipeline.tools import download
-  report = download.download_images(FLAGS.annotations, FLAGS.out, workers=FLAGS.workers,
-                                    base_url=FLAGS["base-url"].value or download.DEFAULT_BASE_URL)
+  try:
+    report = download.download_images(
+        FLAGS.annotations, FLAGS.out, kind=FLAGS.annotation_format, workers=FLAGS.workers,
+        base_url=FLAGS["base-url"].value or download.DEFAULT_BASE_URL)
+  except DataError as e:
+    _fail(e)
   print(download.format_report(report))
+  error = download.run_error(report)
+  if error:
+    logging.error("download-images: %s", error)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

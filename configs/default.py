@@ -26,10 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   # replaces `root`: its name (e.g. "stl_fashion") and data_dir ("": ~/tensorflow_datasets).
   config.data.tfds_name = ""
   config.data.tfds_dir = ""
-  # Decode every image once before training (cached per file in root/.image_check.json) and
-  # drop the pairs of undecodable ones, instead of failing mid-epoch. Folders only: TFDS
-  # builders check at build time.
-  config.data.check_images = True
   config.data.test_fraction = 0.1  # of scenes, split deterministically by signature
   config.data.min_crop_fraction = 0.2  # drop pairs whose kept scene rectangle is smaller
 

@@ -58,3 +58,32 @@ def product_smoke_config(ctl_root):
   config = product_smoke.get_config()
   config.data.root = str(ctl_root)
   return config
+
+
+def saved_workdir(config, workdir):
+  """A workdir with checkpoints at steps 1 and 2 of `config`'s fresh state (no training)."""
+  from ctl_jax.trainer import loop
+  run = loop.setup(config, str(workdir))
+  for step in (1, 2):
+    run.checkpointer.save(step, run.fresh_state(), run.meta(), force=True)
+  run.checkpointer.wait()
+  run.close()
+  return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def scene_workdir(stl_root, tmp_path_factory):
+  """A scene workdir of the smoke config with two checkpoints and its exported catalogue."""
+  from configs import smoke
+  from ctl_jax.serving import export
+  config = smoke.get_config()
+  config.data.root = str(stl_root)
+  workdir = saved_workdir(config, tmp_path_factory.mktemp("scene_work"))
+  export.export_embeddings(config, workdir, str(stl_root))
+  return workdir
+
+
+@pytest.fixture(name="saved_workdir")
+def saved_workdir_fixture():
+  """`saved_workdir(config, workdir)`, for tests that need checkpoints of their own config."""
+  return saved_workdir

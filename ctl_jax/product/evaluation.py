@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,14 +27,13 @@ from ctl_jax.metrics import Scorer
 from ctl_jax.product import steps as product_steps
 from ctl_jax.product.model import ProductModel
 from ctl_jax.trainer import inference
+from ctl_jax.trainer.config_fields import ConfigError
 from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.product import dataset as product_data
 from input_pipeline.product.sampler import negative_rule
 from input_pipeline.readers import ctl
-from input_pipeline.readers.drops import DropReport
 
-FITB_FILE = "fitb_eval.json"
 NUM_FITB_CHOICES = 4
 
 
@@ -134,8 +132,8 @@ def retrieval_corpora(test: ctl.CtlData, corpus_size: int, outfit_size: int,
         restricted_rows.append((q, pos, _fill(rng, by_category[c], outfit, own,
                                                corpus_size - len(pos)), int(c)))
   if not all_rows:
-    raise ValueError(f"no test outfit has {outfit_size} items: set eval.outfit_size "
-                     f"(0 = any size) to match the data")
+    raise ConfigError(f"no held-out outfit has {outfit_size} items ({len(test.outfits)} outfits): "
+                      f"set eval.outfit_size (0 = any size) to match the data")
   return _pack(all_rows, corpus_size), _pack(restricted_rows, corpus_size)
 
 
@@ -172,34 +170,17 @@ def sample_fitb(test: ctl.CtlData, outfit_size: int, seed: int) -> Fitb:
   return Fitb(_pad(questions), _pad(answers), source="sampled from the test outfits")
 
 
-def read_fitb(path: Path, test: ctl.CtlData, strict: bool) -> Fitb:
-  """Questions of a fitb_eval.json, items looked up in raw_test (questions naming an item that
-  raw_test.tsv lacks are dropped and counted)."""
-  report = DropReport(strict=strict)
-  questions, answers = [], []
-  for entry in ctl.read_fitb(path, report):
-    try:
-      q = [test.index_of(sig, box) for sig, box, _ in entry["question"]]
-      a = [test.index_of(sig, box) for sig, box, _ in entry["answers"]]
-    except KeyError:
-      report.drop(path, None, "question", "item not in raw_test.tsv")
-      continue
-    questions.append(q)
-    answers.append(a)
-  return Fitb(_pad(questions), _pad(answers), source=f"{path.name}", num_dropped=len(report))
-
-
-def fitb_questions(root: str, test: ctl.CtlData, config: ml_collections.ConfigDict,
-                   split: str = "test") -> Fitb:
-  """From `data.root/fitb_eval.json` (eval.fitb='file', or 'auto' when it exists), else sampled;
-  always sampled for the validation split (the file's questions are of test outfits)."""
-  path = Path(root) / FITB_FILE
-  mode = config.eval.fitb
-  if mode not in ("auto", "file", "sampled"):
-    raise ValueError(f"eval.fitb={mode!r}; choose 'auto', 'file' or 'sampled'")
-  if split == "test" and (mode == "file" or (mode == "auto" and path.exists())):
-    return read_fitb(path, test, config.data.strict)
-  return sample_fitb(test, config.eval.outfit_size, config.eval.seed)
+def fitb_questions(ds: product_data.ProductDataset, held: ctl.CtlData,
+                   config: ml_collections.ConfigDict, split: str = "test") -> Fitb:
+  """The questions of fitb_eval.json (read with the dataset, see `product_data.fitb_from_file`),
+  else sampled; always sampled for the validation split (the file's questions are of test
+  outfits)."""
+  if split == "test" and ds.fitb_file is not None:
+    questions, answers = ds.fitb_file
+    dropped = sum(d.file.endswith(product_data.FITB_FILE) for d in ds.other_drops.drops)
+    return Fitb(_pad(questions), _pad(answers), source=product_data.FITB_FILE,
+                num_dropped=dropped)
+  return sample_fitb(held, config.eval.outfit_size, config.eval.seed)
 
 
 def embedding_scorer(style: np.ndarray) -> Scorer:
@@ -372,7 +353,7 @@ def evaluate(state: TrainState, embed: ItemEmbedder, ds: product_data.ProductDat
   ks = tuple(e.ks)
   held = ds.split(split)
   all_corpus, restricted = retrieval_corpora(held, e.corpus_size, e.outfit_size, e.seed)
-  fitb = fitb_questions(ds.root, held, config, split)
+  fitb = fitb_questions(ds, held, config, split)
   latents = oracle.load_latents(e.latents, ds.root)
   unseen = (None if latents is None
             else unseen_queries(latents, ds, held, all_corpus, restricted, fitb))

@@ -43,7 +43,7 @@ class ProductTask:
   selection_metric = "r@10"
 
   def load_data(self, config: ml_collections.ConfigDict) -> product_data.ProductDataset:
-    return product_data.load_product_dataset(config.data)
+    return product_data.load_product_dataset(config.data, fitb=config.eval.fitb)
 
   def checkpoint_meta(self, data: product_data.ProductDataset) -> dict:
     """What serving needs besides the weights: co-occurrence of categories in training outfits

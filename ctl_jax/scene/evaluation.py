@@ -19,6 +19,7 @@ from ctl_jax.metrics import Scorer
 from ctl_jax.scene import steps as scene_steps
 from ctl_jax.scene.model import SceneModel
 from ctl_jax.trainer import inference
+from ctl_jax.trainer.config_fields import ConfigError
 from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
@@ -202,7 +203,7 @@ def evaluate(state: TrainState, embedder: SceneEmbedder, ds: SceneDataset,
   pairs = ds.split(split)
   if len(pairs.pairs) == 0:
     fraction = "test_fraction" if split == "test" else "validation_fraction"
-    raise ValueError(f"the {split} split is empty: raise data.{fraction} or add scenes")
+    raise ConfigError(f"the {split} split is empty: raise data.{fraction} or add scenes")
   ks = tuple(config.eval.ks)
   cands = Candidates(ds, pairs, config.eval.num_candidates, config.eval.seed)
 

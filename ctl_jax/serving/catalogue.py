@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ctl_jax.serving.errors import MissingExportError, ServingError, UnknownCategoryError
+
 if TYPE_CHECKING:  # annotations only: this module stays free of the config library
   import ml_collections
 
@@ -39,7 +41,7 @@ DISTANCES = {
 }
 
 
-class ManifestMismatch(ValueError):
+class ManifestMismatch(ServingError):
   """The embeddings were exported from another model (step, config or categories)."""
 
 
@@ -106,7 +108,7 @@ class Catalogue:
     self.root = Path(root)
     path = self.root / MANIFEST
     if not path.exists():
-      raise FileNotFoundError(f"no {MANIFEST} in {self.root}: run `run.py export` first")
+      raise MissingExportError(f"no {MANIFEST} in {self.root}: run `run.py export` first")
     self.manifest = json.loads(path.read_text())
     if self.manifest.get("format_version") != FORMAT_VERSION:
       raise ManifestMismatch(f"{path}: format_version {self.manifest.get('format_version')}, "
@@ -130,10 +132,10 @@ class Catalogue:
   def check_category(self, category: str) -> dict:
     entries = self.manifest["categories"]
     if category not in entries:
-      raise KeyError(f"unknown category {category!r}; valid categories: "
+      raise UnknownCategoryError(f"unknown category {category!r}; valid categories: "
                      f"{', '.join(sorted(entries))}")
     if entries[category]["count"] == 0:
-      raise ValueError(f"category {category!r} has no products in {self.root}")
+      raise ServingError(f"category {category!r} has no products in {self.root}")
     return entries[category]
 
   def embeddings(self, category: str) -> np.ndarray:

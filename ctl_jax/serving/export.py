@@ -21,6 +21,7 @@ import numpy as np
 
 from ctl_jax.scene import evaluation as scene_eval
 from ctl_jax.serving import catalogue, product_predictor
+from ctl_jax.serving.errors import ServingError
 from ctl_jax.serving.restore import restore
 from ctl_jax.trainer import sharding
 from input_pipeline.readers import image_folder, stl
@@ -35,8 +36,8 @@ def read_catalogue_dir(root: str | os.PathLike, categories: list[str], *, images
   report = DropReport(strict=strict)
   path = root / stl.CATEGORIES_FILE
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: a catalogue folder holds {stl.CATEGORIES_FILE} "
-                            f"and its images under {images_dir}/")
+    raise DataError(f"{path} not found: a catalogue folder holds {stl.CATEGORIES_FILE} "
+                    f"and its images under {images_dir}/")
   paths = stl.read_category_map(path, report)
   folder = image_folder.ImageFolder(root / images_dir)
   index = {c: i for i, c in enumerate(categories)}
@@ -109,10 +110,10 @@ def export_embeddings(config: ml_collections.ConfigDict, workdir: str, source: s
   """
   use_cache = source == "features"
   if (config.task, use_cache) not in SOURCES:
-    raise ValueError(f"--catalogue {source}: not supported for task {config.task!r} (use a "
+    raise ServingError(f"--catalogue {source}: not supported for task {config.task!r} (use a "
                      f"catalogue folder)")
   if not use_cache and not Path(source).is_dir():
-    raise FileNotFoundError(f"--catalogue {source}: not a folder (or 'features')")
+    raise ServingError(f"--catalogue {source}: not a folder (or 'features')")
   fn = SOURCES[(config.task, use_cache)]
   args = (config, workdir) if use_cache else (config, workdir, source)
   emb, sigs, ids, files, step, categories, report = fn(*args)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ctl_jax.serving.errors import ServingError
+
 THUMB = 160  # pixels, the longer side of every tile
 
 
@@ -48,7 +50,7 @@ def open_image(path: str) -> Image.Image:
     with Image.open(path) as im:
       return im.convert("RGB")
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from None
+    raise ServingError(f"cannot read image {path}: {e}") from None
 
 
 def contact_sheet(header: list[tuple[Image.Image, str]], products: list[tuple[Image.Image, str]],

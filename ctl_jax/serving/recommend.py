@@ -21,6 +21,7 @@ import numpy as np
 
 from ctl_jax.serving import catalogue as catalogue_lib
 from ctl_jax.serving import html_report, ranker
+from ctl_jax.serving.errors import ServingError, UnknownCategoryError
 
 if TYPE_CHECKING:  # annotations only: the predictor is imported when a command runs
   import ml_collections
@@ -34,6 +35,28 @@ class Item:
   signature: str
   image: str
   distance: float
+
+
+def resolve_categories(values: list[str] | None, known: list[str]) -> list[str]:
+  """The category names asked for, in order, without repeats: each value is a name (names may
+  hold commas: "Handbags, Wallets & Cases"), or else a comma-separated list of names.
+
+  Raises:
+    UnknownCategoryError: a value that is neither, listing the valid names.
+  """
+  out: list[str] = []
+  for value in values or []:
+    if value in known:
+      names = [value]
+    else:
+      names = [part.strip() for part in value.split(",") if part.strip()]
+      unknown = [n for n in names if n not in known]
+      if unknown or not names:
+        raise UnknownCategoryError(
+            f"unknown category {value.strip()!r}; valid categories: {'; '.join(known)} (give "
+            f"one --category per name when a name holds a comma)")
+    out += [n for n in names if n not in out]
+  return out
 
 
 def uniform_quotas(categories: list[str], k: int, quota: int = 0) -> dict[str, int]:
@@ -90,11 +113,11 @@ def rank_category(cat: catalogue_lib.Catalogue, category: str, query: np.ndarray
 
 def check_k(cat: catalogue_lib.Catalogue, categories: list[str], k: int, explicit: bool) -> None:
   if k < 1:
-    raise ValueError(f"-k {k}: ask for at least one product")
+    raise ServingError(f"-k {k}: ask for at least one product")
   for c in categories:
     n = cat.check_category(c)["count"]
     if explicit and k > n:
-      raise ValueError(f"-k {k} but category {c!r} has only {n} products in {cat.root}")
+      raise ServingError(f"-k {k} but category {c!r} has only {n} products in {cat.root}")
 
 
 def scene_flow(predictor: ScenePredictor, cat: catalogue_lib.Catalogue, image_path: str,
@@ -105,11 +128,8 @@ def scene_flow(predictor: ScenePredictor, cat: catalogue_lib.Catalogue, image_pa
     raise catalogue_lib.ManifestMismatch(f"{cat.root} holds {cat.manifest['kind']} embeddings; "
                                          "a scene query needs the scene model's export")
   cat.check_model(predictor.step, predictor.fingerprint)
+  categories = resolve_categories(categories, predictor.categories)
   explicit = bool(categories)
-  for c in categories or []:
-    if c not in predictor.categories:
-      raise KeyError(f"unknown category {c!r}; valid categories: "
-                     f"{', '.join(predictor.categories)}")
   categories = categories or [c for c in cat.categories
                               if cat.manifest["categories"][c]["count"] > 0]
   check_k(cat, categories, k, explicit)
@@ -145,6 +165,7 @@ def product_flow(config: ml_collections.ConfigDict | None, workdir: str,
   out = predictor.embed(images)
   probs = out["probs"][0]
   predicted = predictor.categories[int(np.argmax(probs))]
+  categories = resolve_categories(categories, predictor.categories)
   if categories:
     weights = {c: 1.0 for c in categories}
   else:
@@ -161,7 +182,7 @@ def product_items(cat: catalogue_lib.Catalogue, style: np.ndarray, weights: dict
   available = {c: w for c, w in weights.items()
                if c in cat.manifest["categories"] and cat.manifest["categories"][c]["count"]}
   if not available:
-    raise ValueError(f"none of the categories {list(weights)} has products in {cat.root}")
+    raise ServingError(f"none of the categories {list(weights)} has products in {cat.root}")
   query, const = ranker.l2_query(np.asarray(style)[None])
   lists = {}
   for c in available:
@@ -209,7 +230,8 @@ def recommend(workdir: str, *, scene: str | None = None, product: str | None = N
     predictor: an already restored `ScenePredictor` of `workdir` (default: restore it).
   """
   if (scene is None) == (product is None):
-    raise ValueError("pass exactly one of --scene IMG or --product IMG")
+    raise ServingError("pass exactly one of --scene IMG or --product IMG")
+  html_report.open_image(scene or product)  # a clear error before any checkpoint is restored
   cat = catalogue_lib.Catalogue(embeddings or os.path.join(workdir, "export"))
   out = out or os.path.join(workdir, "recommend")
   from ctl_jax.serving import scene_predictor  # restores checkpoints: imported when a command runs

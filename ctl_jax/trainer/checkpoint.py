@@ -26,6 +26,8 @@ import functools
 import logging
 import os
 import shutil
+import sys
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +44,10 @@ from ctl_jax.trainer.state import TrainState, abstract_state
 
 class IncompatibleCheckpointError(ValueError):
   """A checkpoint was written by a run whose state cannot continue in this one."""
+
+
+class NoCheckpointError(FileNotFoundError):
+  """The workdir has no checkpoint (yet): train first."""
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -111,6 +117,56 @@ def _write_whole_replicas() -> None:
       jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
+def _brief(error: BaseException, limit: int = 300) -> str:
+  """One line of a storage library's error, with its cause (which names the file and array):
+  TensorStore appends its whole spec (dozens of lines) to the message, which would bury it."""
+  text = str(error).split("See full TensorStore details", 1)[0].strip()
+  text = text.splitlines()[0] if text else ""
+  if len(text) > limit:
+    text = text[:limit] + "..."
+  line = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  if error.__cause__ is not None:
+    line += f"; caused by {_brief(error.__cause__, limit)}"
+  return line
+
+
+_ABANDONED = ("Event loop is closed", "_read_array_index_and_device_put",
+              "exception was never retrieved")
+
+
+def _silence_abandoned_reads() -> None:
+  """Keeps the echoes of a failed restore out of the log.
+
+  When one array of a damaged checkpoint fails to read, orbax abandons the reads of the other
+  arrays: their coroutines are collected unawaited and TensorStore's callbacks find the event
+  loop closed, and each prints a traceback with TensorStore's whole spec (thousands of lines for
+  a model), burying the one-line CorruptCheckpointError. Installed only once a restore has
+  failed, these filters drop exactly those messages; every other error still prints."""
+  if getattr(sys.excepthook, "_ctl_jax_quiet", False):
+    return
+
+  def abandoned(*parts) -> bool:
+    text = " ".join(str(p) for p in parts)
+    return any(marker in text for marker in _ABANDONED)
+
+  previous_excepthook, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def excepthook(kind, value, tb):
+    if not abandoned(value):
+      previous_excepthook(kind, value, tb)
+
+  def unraisablehook(unraisable):
+    if not abandoned(unraisable.exc_value, unraisable.object):
+      previous_unraisable(unraisable)
+
+  excepthook._ctl_jax_quiet = True
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not abandoned(record.getMessage()))
+  threading.excepthook = (lambda args, previous=threading.excepthook:
+                          None if abandoned(args.exc_value) else previous(args))
+
+
 class Checkpointer:
   """Asynchronous saves that keep the last `max_to_keep`; verified restore into a sharded target."""
 
@@ -158,12 +214,13 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      raise NoCheckpointError(f"no checkpoint in {self.directory}")
     where = f"checkpoint step {step} in {self.directory}"
     try:
       saved_tree = self.manager.item_metadata(step)["state"]
     except Exception as e:  # any unreadable metadata file is damage
-      raise CorruptCheckpointError(f"{where}: unreadable metadata ({type(e).__name__}: {e})") from e
+      _silence_abandoned_reads()
+      raise CorruptCheckpointError(f"{where}: unreadable metadata ({_brief(e)})") from e
     target = abstract_state(like)
     differences = structure_differences(saved_tree, flax.serialization.to_state_dict(target))
     if differences:
@@ -174,7 +231,8 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # tensorstore/orbax raise many types for truncated or garbled files
-      raise CorruptCheckpointError(f"{where}: unreadable ({type(e).__name__}: {e})") from e
+      _silence_abandoned_reads()
+      raise CorruptCheckpointError(f"{where}: unreadable ({_brief(e)})") from e
     state, meta = restored["state"], dict(restored["meta"] or {})
     expected = meta.get("checksums")
     if expected is None:
@@ -230,8 +288,9 @@ class Checkpointer:
     try:
       return self.restore_meta(step)
     except Exception as e:
+      _silence_abandoned_reads()
       raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: unreadable "
-                                   f"record ({type(e).__name__}: {e})") from e
+                                   f"record ({_brief(e)})") from e
 
   def _quarantine(self, steps: list[int]) -> None:
     """Moves damaged steps out of the checkpoint folder (process 0; the others wait)."""
@@ -251,7 +310,7 @@ class Checkpointer:
     """The run record saved at `step` (default latest) without reading the state."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      raise NoCheckpointError(f"no checkpoint in {self.directory}")
     restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 

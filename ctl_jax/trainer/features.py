@@ -30,6 +30,8 @@ from ctl_jax.trainer import sharding
 from ctl_jax.trainer.state import TrainState
 from input_pipeline import batching, feature_cache
 
+VERIFY_CHOICES = ("checksum", "size")  # features.verify: how finished shards are checked
+
 
 def weights_hash(variables: Any) -> str:
   h = hashlib.sha256()
@@ -71,11 +73,18 @@ def extract_features(config: ml_collections.ConfigDict, workdir: str, model: nn.
   """Fills the cache of `items` (a task's `cache_items`) with the backbone of `model` at
   `state`, skipping finished shards, and returns it for reading.
 
-  Kinds in `region_kinds` also keep the region map."""
+  Kinds in `region_kinds` also keep the region map. Finished shards are verified first
+  (`config.features.verify`: 'checksum', the default, or 'size'; see feature_cache); a damaged
+  one is reported and extracted again, and a damaged or stale index.json rewritten."""
   root, manifest = cache_root(config, workdir, state, items)
-  todo = [(kind, s) for kind in items for s in range(manifest.num_shards(kind))
-          if s % jax.process_count() == jax.process_index()
-          and not feature_cache.is_complete(root, kind, s)]
+  verify = config.features.verify
+  if jax.process_index() == 0:
+    feature_cache.repair_index(root, manifest)
+  fields = {kind: ("global", "regions") if kind in region_kinds else ("global",) for kind in items}
+  mine = [(kind, s) for kind in items for s in range(manifest.num_shards(kind))
+          if s % jax.process_count() == jax.process_index()]
+  todo = list(feature_cache.shards_to_extract(root, manifest, mine, fields=fields,
+                                              checksum=verify == "checksum"))
   if todo:
     _extract_shards(config, model, state, items, root, manifest, todo, region_kinds)
   if jax.process_count() > 1:
@@ -95,13 +104,13 @@ def backbone_forward(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable:
 
 def _extract_shards(config, model, state, items, root: Path, manifest, todo,
                     region_kinds) -> None:
-  if jax.process_index() == 0 or not (root / feature_cache.INDEX).exists():
+  if not (root / feature_cache.INDEX).exists():  # process 0 wrote it in extract_features
     feature_cache.write_index(root, manifest)
   mesh = sharding.make_mesh(jax.local_devices())  # each process runs its own shards
   variables = jax.device_put(backbone_variables(state), sharding.replicated(mesh))
   forward = backbone_forward(model, mesh)
   batch = config.features.batch_size
-  sharding.global_batch_size_check(batch, mesh)
+  sharding.global_batch_size_check(batch, mesh, field="features.batch_size")
   size = manifest.shard_size
   total = sum(min(size, len(items[k][0]) - s * size) for k, s in todo)
   logging.info("extracting %d images into %s (%d shards)", total, root, len(todo))

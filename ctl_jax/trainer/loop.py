@@ -13,12 +13,13 @@ Fault tolerance, for pods and preemptible machines:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -37,6 +38,7 @@ from ctl_jax.trainer import (
   preemption,
   run_log,
   sharding,
+  workdir_lock,
 )
 from ctl_jax.trainer.state import TrainState, create_train_state
 from input_pipeline.feature_cache import FeatureCache
@@ -45,6 +47,7 @@ from input_pipeline.feature_cache import FeatureCache
 CHECKPOINT_FIELDS = ("task",)
 BEST = "best"  # workdir/best: the state with the best validation figure
 CHECKPOINT_CHOICES = ("best", "latest")  # eval.checkpoint
+DATA_SOURCES = ("images", "features")  # data.source
 
 
 @dataclasses.dataclass
@@ -64,6 +67,10 @@ class Run:
   best: checkpoint.Checkpointer  # the state of the best validation figure (workdir/best)
   stopped_by: str | None = None  # the signal that ended the last `train` early, if any
 
+  def close(self) -> None:
+    self.checkpointer.close()
+    self.best.close()
+
   def fresh_state(self) -> TrainState:
     """The initial state (seeded; with the user's backbone weights if configured)."""
     c = self.config
@@ -73,11 +80,8 @@ class Run:
 
   def feature_cache(self, state: TrainState) -> FeatureCache | None:
     """The cache of backbone features when `data.source='features'` (extracted on first use)."""
-    source = self.config.data.source
-    if source == "images":
+    if self.config.data.source == "images":
       return None
-    if source != "features":
-      raise ValueError(f"data.source={source!r}; choose 'images' or 'features'")
     return features.extract_features(
         self.config, self.workdir, self.model, state, self.task.cache_items(self.data),
         region_kinds=self.task.region_kinds)
@@ -120,14 +124,44 @@ class Run:
     return state
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Checks the config against its task, reads the data and builds the model and optimizer."""
+def check_config(config: ml_collections.ConfigDict) -> tuple[task_lib.Task, jax.sharding.Mesh]:
+  """The task and the mesh of a runnable config; ConfigError naming what is wrong otherwise."""
   task = task_lib.get_task(config.task)
   config_fields.check_fields(config, task.name, task.config_base)
-  os.makedirs(workdir, exist_ok=True)
   if config.eval.checkpoint not in CHECKPOINT_CHOICES:
     raise config_fields.ConfigError(f"eval.checkpoint={config.eval.checkpoint!r}; choose from "
                                     f"{CHECKPOINT_CHOICES}")
+  if config.data.source not in DATA_SOURCES:
+    raise config_fields.ConfigError(f"data.source={config.data.source!r}; choose from "
+                                    f"{DATA_SOURCES}")
+  if config.features.verify not in features.VERIFY_CHOICES:
+    raise config_fields.ConfigError(f"features.verify={config.features.verify!r}; choose from "
+                                    f"{features.VERIFY_CHOICES}")
+  mesh = sharding.make_mesh()
+  sharding.global_batch_size_check(config.input.batch_size, mesh)
+  return task, mesh
+
+
+@contextlib.contextmanager
+def command_run(config: ml_collections.ConfigDict, workdir: str) -> Iterator[Run]:
+  """The `Run` of a command: its workdir created once the config is known to be runnable and
+  locked by process 0 against a second run (see workdir_lock.py); its checkpointers closed at
+  the end, however it ends (their background threads would otherwise outlive the loop that
+  serves them and print tracebacks at exit)."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir) if cluster.is_main_process() else contextlib.nullcontext():
+    run = setup(config, workdir)
+    try:
+      yield run
+    finally:
+      run.close()
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks the config against its task, reads the data and builds the model and optimizer."""
+  task, mesh = check_config(config)
+  os.makedirs(workdir, exist_ok=True)  # only once the config is known to be runnable
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
                                  max_to_keep=config.train.max_checkpoints_to_keep)
   best = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1, name=BEST)
@@ -138,8 +172,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
       json.dump(config_fields.config_dict(config), f, indent=2)
   data = task.load_data(config)
   run_log.write_drop_report(data.drops, workdir)
-  mesh = sharding.make_mesh()
-  sharding.global_batch_size_check(config.input.batch_size, mesh)
   record = task.checkpoint_meta(data)
   model = task.create_model(config, record)
   tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.num_steps)
@@ -287,32 +319,33 @@ def run_evaluation(run: Run, state: TrainState) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains, then evaluates; returns the results, or None when a signal stopped the training."""
-  run = setup(config, workdir)
-  state = train(run)
-  if run.stopped_by:
-    return None
-  return run_evaluation(run, state)
+  with command_run(config, workdir) as run:
+    state = train(run)
+    if run.stopped_by:
+      return None
+    return run_evaluation(run, state)
 
 
 def restore_trained(run: Run) -> TrainState:
-  """The newest good checkpoint of the run; FileNotFoundError when there is none."""
+  """The newest good checkpoint of the run; NoCheckpointError when there is none."""
   if run.checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint under {run.checkpointer.directory}: train first")
+    raise checkpoint.NoCheckpointError(f"no checkpoint under {run.checkpointer.directory}: "
+                                       f"train first")
   return run.restore_or_init()
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best validated state of `workdir`, or its newest good checkpoint
   (`eval.checkpoint`; `run.py evaluate`)."""
-  run = setup(config, workdir)
-  return run_evaluation(run, restore_trained(run))
+  with command_run(config, workdir) as run:
+    return run_evaluation(run, restore_trained(run))
 
 
 def extract_features(config: ml_collections.ConfigDict, workdir: str) -> FeatureCache:
   """Fills the feature cache of `config` (resumable) and returns it."""
   with config.unlocked():
     config.data.source = "features"
-  run = setup(config, workdir)
-  cache = run.feature_cache(run.restore_or_init())
+  with command_run(config, workdir) as run:
+    cache = run.feature_cache(run.restore_or_init())
   logging.info("feature cache complete: %s", cache.root)
   return cache

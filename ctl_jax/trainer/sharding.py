@@ -11,6 +11,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ctl_jax.trainer.config_fields import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -34,10 +36,12 @@ def shardings_of(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def global_batch_size_check(global_batch: int, mesh: Mesh) -> None:
+def global_batch_size_check(global_batch: int, mesh: Mesh,
+                            field: str = "input.batch_size") -> None:
+  """ConfigError unless the global batch splits evenly over the mesh's devices."""
   if global_batch % mesh.size:
-    raise ValueError(f"global batch size {global_batch} must be a multiple of the "
-                     f"{mesh.size} devices of the mesh")
+    raise ConfigError(f"{field}={global_batch} must be a multiple of the {mesh.size} devices "
+                      f"of the mesh (global batch, split over every device of every host)")
 
 
 def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:

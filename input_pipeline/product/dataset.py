@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from input_pipeline.readers import ctl
+from input_pipeline.readers import ctl, image_check
 from input_pipeline.readers.drops import DataError, DropReport
 from input_pipeline.splits import VALIDATION_SALT, is_test_signature
 
@@ -66,16 +66,22 @@ class ProductDataset:
   # ids (in `train`) of the outfits held out for validation, outside `train_outfits`
   validation_outfits: np.ndarray = dataclasses.field(
       default_factory=lambda: np.zeros(0, np.int32))
+  # Records dropped from triplet_train.tsv and fitb_eval.json (the raw files' are in train/test)
+  other_drops: DropReport = dataclasses.field(default_factory=DropReport)
+  # The questions of fitb_eval.json as test item ids, (questions, answers) with the correct
+  # answer first; None when FITB is sampled (see `fitb_from_file`).
+  fitb_file: tuple[list[list[int]], list[list[int]]] | None = None
 
   @property
   def categories(self) -> list[str]:
     return self.train.categories
 
   @property
-  def drops(self) -> None:
-    """None: the product task writes no dropped_records.jsonl yet (the drops of each split are
-    `train.drops` and `test.drops`, counted in `summary`)."""
-    return None
+  def drops(self) -> DropReport:
+    """Every record dropped from raw_train.tsv, raw_test.tsv, triplet_train.tsv and
+    fitb_eval.json, in that order (the trainer writes them to dropped_records.jsonl)."""
+    return DropReport(drops=[*self.train.drops.drops, *self.test.drops.drops,
+                             *self.other_drops.drops])
 
   def train_items(self) -> np.ndarray:
     """Items of the kept training outfits."""
@@ -109,20 +115,28 @@ class ProductDataset:
             f"test {self.test.drops.summary()}")
 
 
-def load_product_dataset(data_config: ml_collections.ConfigDict) -> ProductDataset:
-  """Reads raw_train.tsv and raw_test.tsv (and triplet_train.tsv when asked) under data.root."""
+FITB_FILE = "fitb_eval.json"
+FITB_MODES = ("auto", "file", "sampled")
+
+
+def fitb_from_file(root: str | os.PathLike, mode: str) -> bool:
+  """Whether FITB questions come from root/fitb_eval.json (`eval.fitb`: 'file', or 'auto' when
+  the file exists) rather than being sampled from the test outfits."""
+  if mode not in FITB_MODES:
+    raise ValueError(f"eval.fitb={mode!r}; choose from {FITB_MODES}")
+  return mode == "file" or (mode == "auto" and (Path(root) / FITB_FILE).exists())
+
+
+def load_product_dataset(data_config: ml_collections.ConfigDict,
+                         fitb: str = "sampled") -> ProductDataset:
+  """Reads raw_train.tsv and raw_test.tsv (and triplet_train.tsv, fitb_eval.json when asked:
+  `data.triplets`, `fitb` as `eval.fitb`) under data.root, before anything trains, so that every
+  dropped record is known at start-up."""
   if not data_config.root:
     raise ValueError("data.root is empty: pass --config.data.root=DIR (a CTL-format folder)")
   if not 0.0 < data_config.train_fraction <= 1.0:
     raise ValueError(f"data.train_fraction={data_config.train_fraction} must be in (0, 1]")
-  read = lambda split, categories=None: ctl.read_ctl(
-      data_config.root, split, images_dir=data_config.images_dir, strict=data_config.strict,
-      categories=categories)
-  train = read("train")
-  test = read("test", train.categories)
-  for split, data in (("train", train), ("test", test)):
-    if len(data.drops):
-      logging.warning("%s raw_%s.tsv: %s", data_config.root, split, data.drops.summary())
+  train, test = read_splits(data_config)
   keep = np.array([data_config.train_fraction >= 1.0 or is_test_signature(
       sig, data_config.train_fraction, salt="ctl-train-subset") for sig in train.outfits])
   validation_fraction = data_config.validation_fraction
@@ -139,12 +153,40 @@ def load_product_dataset(data_config: ml_collections.ConfigDict) -> ProductDatas
   if data_config.triplets not in ("sample", "file"):
     raise ValueError(f"data.triplets={data_config.triplets!r}; choose 'sample' or 'file'")
   file_triplets = None
+  other_drops = DropReport(strict=data_config.strict)
   if data_config.triplets == "file":
     file_triplets = read_triplet_indices(Path(data_config.root) / "triplet_train.tsv", train,
-                                         keep, DropReport(strict=data_config.strict))
+                                         keep, other_drops)
+  fitb_file = None
+  if fitb_from_file(data_config.root, fitb):
+    fitb_file = read_fitb_indices(Path(data_config.root) / FITB_FILE, test, other_drops)
   return ProductDataset(root=str(data_config.root), train=train, test=test, train_outfits=kept,
                         train_fraction=float(data_config.train_fraction),
-                        file_triplets=file_triplets, validation_outfits=validation)
+                        file_triplets=file_triplets, validation_outfits=validation,
+                        other_drops=other_drops, fitb_file=fitb_file)
+
+
+def read_splits(data_config: ml_collections.ConfigDict) -> tuple[ctl.CtlData, ctl.CtlData]:
+  """raw_train.tsv and raw_test.tsv (test restricted to the training categories), with the
+  items of missing or undecodable collages dropped (`image_check.read_checked`)."""
+  c = data_config
+
+  def read(strict, bad):
+    train = ctl.read_ctl(c.root, "train", images_dir=c.images_dir, strict=strict,
+                         bad_images=bad)
+    return train, ctl.read_ctl(c.root, "test", images_dir=c.images_dir, strict=strict,
+                               categories=train.categories, bad_images=bad)
+
+  def image_paths(splits):
+    return {sig: path for split in splits for sig, path in split.image_paths.items()}
+
+  train, test = image_check.read_checked(
+      read, image_paths, c.root, strict=c.strict, check=c.check_images,
+      num_drops=lambda splits: sum(len(split.drops) for split in splits))
+  for split, data in (("train", train), ("test", test)):
+    if len(data.drops):
+      logging.warning("%s raw_%s.tsv: %s", c.root, split, data.drops.summary())
+  return train, test
 
 
 def read_triplet_indices(path: str | os.PathLike, train: ctl.CtlData, keep_outfit: np.ndarray,
@@ -174,3 +216,22 @@ def read_triplet_indices(path: str | os.PathLike, train: ctl.CtlData, keep_outfi
   if not rows:
     raise DataError(f"{path}: no usable triplets ({report.summary()})")
   return np.asarray(rows, np.int32)
+
+
+def read_fitb_indices(path: str | os.PathLike, test: ctl.CtlData, report: DropReport
+                      ) -> tuple[list[list[int]], list[list[int]]]:
+  """(questions, answers) of fitb_eval.json as test item ids, the correct answer first;
+  questions that are malformed or name an item raw_test.tsv lacks are dropped into `report`."""
+  questions, answers = [], []
+  for entry in ctl.read_fitb(path, report):
+    try:
+      q = [test.index_of(sig, box) for sig, box, _ in entry["question"]]
+      a = [test.index_of(sig, box) for sig, box, _ in entry["answers"]]
+    except KeyError:
+      report.drop(path, None, f"[{entry['index']}]", "item not in raw_test.tsv")
+      continue
+    questions.append(q)
+    answers.append(a)
+  if len(report):
+    logging.warning("%s: %s", path, report.summary())
+  return questions, answers

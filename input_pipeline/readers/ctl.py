@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from input_pipeline.readers import image_folder
-from input_pipeline.readers.drops import DataError, DropReport, read_json_document
+from input_pipeline.readers import image_folder, text_files
+from input_pipeline.readers.drops import DataError, DropReport
 
 RAW_COLUMNS = ("image_signature", "bounding_x", "bounding_y", "bounding_width", "bounding_height",
                "label")
@@ -58,6 +58,10 @@ def parse_item(fields: list[str], where: tuple[str, int | None], report: DropRep
   """(signature, (x, y, w, h), label) from 6 text fields, or None after reporting why."""
   path, lineno = where
   sig, *coords, label = (f.strip() for f in fields)
+  invalid = next((n for n, f in zip(names, fields) if text_files.has_invalid_text(f)), None)
+  if invalid:
+    report.drop(path, lineno, invalid, "invalid UTF-8")
+    return None
   if not sig:
     report.drop(path, lineno, names[0], "empty signature")
     return None
@@ -78,24 +82,22 @@ def parse_item(fields: list[str], where: tuple[str, int | None], report: DropRep
   return sig, tuple(box), label
 
 
-def _open(path) -> list[str]:
-  try:
-    with open(path) as f:
-      return f.read().splitlines()
-  except FileNotFoundError:
-    raise DataError(f"{path}: file not found") from None
-
-
 def read_raw(path: str | os.PathLike, report: DropReport) -> Iterator[tuple[int, str, Box, str]]:
   """Yields (line_number, signature, (x, y, w, h), label) of every valid row of a raw TSV."""
-  lines = _open(path)
-  if not lines or not lines[0].strip():
+  lines = text_files.lines(path)
+  lineno, header_line, problem = next(lines, (1, "", None))
+  if problem:
+    raise DataError(f"{path}:1: header: {problem}")
+  if not header_line.strip():
     raise DataError(f"{path}: empty file (expected the header {' '.join(RAW_COLUMNS)})")
-  header = lines[0].split()
+  header = header_line.split()
   if tuple(header) != RAW_COLUMNS:
     raise DataError(f"{path}:1: header {header} is not {list(RAW_COLUMNS)}")
   seen = set()
-  for lineno, line in enumerate(lines[1:], start=2):
+  for lineno, line, problem in lines:
+    if problem:
+      report.drop(path, lineno, "line", problem, line)
+      continue
     if not line.strip():
       continue
     fields = line.split("\t")
@@ -212,7 +214,10 @@ def read_triplets(path: str | os.PathLike,
                   report: DropReport) -> Iterator[tuple[int, Item, Item, Item]]:
   """Yields (line_number, anchor, positive, negative) items of a triplet TSV; each item is
   (signature, (x, y, w, h), label)."""
-  for lineno, line in enumerate(_open(path), start=1):
+  for lineno, line, problem in text_files.lines(path):
+    if problem:
+      report.drop(path, lineno, "line", problem, line)
+      continue
     if not line.strip():
       continue
     fields = line.split("\t")
@@ -242,9 +247,10 @@ def _is_number(text: str) -> bool:
 
 
 def read_fitb(path: str | os.PathLike, report: DropReport) -> list[dict]:
-  """FITB questions: [{"question": [item, ...], "answers": [item, ...]}], correct answer first,
-  items as (signature, (x, y, w, h), label). Malformed questions are dropped and reported."""
-  raw = read_json_document(path, list, "a JSON list of questions")
+  """FITB questions: [{"question": [item, ...], "answers": [item, ...], "index": i}], correct
+  answer first, items as (signature, (x, y, w, h), label), `index` the question's position in
+  the file. Malformed questions are dropped and reported."""
+  raw = text_files.read_json_document(path, list, "a JSON list of questions")
   out = []
   for q, entry in enumerate(raw):
     where = (str(path), None)
@@ -267,5 +273,5 @@ def read_fitb(path: str | os.PathLike, report: DropReport) -> list[dict]:
         continue
       break
     if len(parsed) == 2:
-      out.append(parsed)
+      out.append({**parsed, "index": q})
   return out

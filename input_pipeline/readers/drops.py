@@ -16,28 +16,6 @@ class DataError(ValueError):
   """A record of an input file is unusable (raised in strict mode)."""
 
 
-def read_json_document(path: str | os.PathLike, expected: type, what: str,
-                       missing_hint: str = "") -> list | dict:
-  """The whole-file JSON value of `path`, which must be a `expected` (list or dict).
-
-  Raises DataError naming the file (and the line of a syntax error) when it is missing, empty,
-  malformed or not a JSON `what`."""
-  try:
-    with open(path) as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise DataError(f"{path}: file not found{missing_hint}") from None
-  if not text.strip():
-    raise DataError(f"{path}: file is empty (expected {what})")
-  try:
-    value = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-  if not isinstance(value, expected):
-    raise DataError(f"{path}: expected {what}")
-  return value
-
-
 @dataclasses.dataclass(frozen=True)
 class Drop:
   file: str

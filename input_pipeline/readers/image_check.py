@@ -15,14 +15,16 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import tensorflow as tf
 import tqdm
 
 from input_pipeline import preprocess
 
+T = TypeVar("T")
 CACHE_FILE = ".image_check.json"  # in the dataset folder when it is writable
 CACHE_VERSION = 1
 
@@ -151,3 +153,23 @@ def default_cache_file(root: str | os.PathLike, fallback_dir: str | os.PathLike 
     Path(fallback_dir).mkdir(parents=True, exist_ok=True)
     return Path(fallback_dir) / CACHE_FILE  # keys are absolute paths: datasets can share it
   return None
+
+
+def read_checked(read: Callable[[bool, Mapping[str, str] | None], T],
+                 image_paths: Callable[[T], Mapping[str, str]], root: str | os.PathLike, *,
+                 strict: bool, check: bool = True,
+                 num_drops: Callable[[T], int] = lambda data: len(data.drops)) -> T:
+  """The records of a dataset folder whose images decode: the one path of both tasks.
+
+  `read(strict, bad_images)` reads the annotation files (dropping the records of missing images
+  and of `bad_images`); `image_paths(data)` is the {signature: file} of what it kept and
+  `num_drops(data)` the number of records it dropped. A lenient
+  read finds the files; they are checked (`check_images`, cached in `root`); a second read with
+  the undecodable ones drops their records. In strict mode that second read raises at the first
+  bad record in file order, whether its problem is in the text or in an image.
+  """
+  data = read(False, None)
+  bad = check_images(image_paths(data), default_cache_file(root)) if check else {}
+  if bad or (strict and num_drops(data)):
+    data = read(strict, bad)
+  return data

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from input_pipeline.readers import image_folder
-from input_pipeline.readers.drops import DataError, DropReport, read_json_document
+from input_pipeline.readers import image_folder, text_files
+from input_pipeline.readers.drops import DataError, DropReport
 
 PAIRS_FILE = "fashion.json"
 CATEGORIES_FILE = "fashion-cat.json"
@@ -57,10 +57,15 @@ def category_label(path: str, mapping: Mapping[str, str] | None = None) -> str:
 
 def read_category_map(path: str | os.PathLike, report: DropReport) -> dict[str, str]:
   """The product -> category-path object of fashion-cat.json."""
-  obj = read_json_document(path, dict, "one JSON object mapping product -> category",
-                           missing_hint=" (the STL product -> category map)")
+  obj = text_files.read_json_document(path, dict, "one JSON object mapping product -> category",
+                                      missing_hint=" (the STL product -> category map)")
   out = {}
   for sig, cat in obj.items():
+    if text_files.has_invalid_text(sig) or (isinstance(cat, str)
+                                            and text_files.has_invalid_text(cat)):
+      report.drop(path, None, sig.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                  "invalid UTF-8 in the signature or its category")
+      continue
     if not isinstance(cat, str) or not cat.strip():
       report.drop(path, None, sig, "category is not a non-empty string", repr(cat))
       continue
@@ -87,41 +92,39 @@ def _valid_box(box) -> str | None:
 def read_pairs(path: str | os.PathLike,
                report: DropReport) -> Iterator[tuple[int, str, str, list[float]]]:
   """Yields (line_number, scene, product, box) of every valid line of fashion.json."""
-  try:
-    f = open(path)
-  except FileNotFoundError:
-    raise DataError(f"{path}: file not found (the STL pair file)") from None
   seen = set()
-  with f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        report.drop(path, lineno, "line", f"malformed JSON ({e.msg})", line)
-        continue
-      if not isinstance(row, dict):
-        report.drop(path, lineno, "line", "not a JSON object", line)
-        continue
-      bad = next((k for k in ("scene", "product")
-                  if not isinstance(row.get(k), str) or not row[k]), None)
-      if bad:
-        report.drop(path, lineno, bad, "missing or not a string", line)
-        continue
-      if "bbox" not in row:
-        report.drop(path, lineno, "bbox", "missing", line)
-        continue
-      reason = _valid_box(row["bbox"])
-      if reason:
-        report.drop(path, lineno, "bbox", reason, line)
-        continue
-      key = (row["scene"], row["product"])
-      if key in seen:
-        report.drop(path, lineno, "product", "duplicate (scene, product) pair", line)
-        continue
-      seen.add(key)
-      yield lineno, row["scene"], row["product"], [float(v) for v in row["bbox"]]
+  for lineno, line, problem in text_files.lines(path, " (the STL pair file)"):
+    if problem:
+      report.drop(path, lineno, "line", problem, line)
+      continue
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      report.drop(path, lineno, "line", f"malformed JSON ({e.msg})", line)
+      continue
+    if not isinstance(row, dict):
+      report.drop(path, lineno, "line", "not a JSON object", line)
+      continue
+    bad = next((k for k in ("scene", "product")
+                if not isinstance(row.get(k), str) or not row[k]), None)
+    if bad:
+      report.drop(path, lineno, bad, "missing or not a string", line)
+      continue
+    if "bbox" not in row:
+      report.drop(path, lineno, "bbox", "missing", line)
+      continue
+    reason = _valid_box(row["bbox"])
+    if reason:
+      report.drop(path, lineno, "bbox", reason, line)
+      continue
+    key = (row["scene"], row["product"])
+    if key in seen:
+      report.drop(path, lineno, "product", "duplicate (scene, product) pair", line)
+      continue
+    seen.add(key)
+    yield lineno, row["scene"], row["product"], [float(v) for v in row["bbox"]]
 
 
 def read_stl(root: str | os.PathLike, *, images_dir: str = "images", strict: bool = False,

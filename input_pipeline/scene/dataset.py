@@ -73,15 +73,12 @@ class SceneDataset:
 
 def _read_folder(c: ml_collections.ConfigDict) -> tuple[stl.StlData, FileImages, FileImages]:
   """The raw folder `c.root`; with `c.check_images`, undecodable images are dropped too."""
-  read = lambda bad=None: stl.read_stl(c.root, images_dir=c.images_dir, strict=c.strict,
-                                       category_map=dict(c.category_map) or None,
-                                       bad_images=bad)
-  data = read()
-  if c.check_images:
-    # Found before training, not as a crash mid-epoch; results are cached per file.
-    bad = image_check.check_images(data.image_paths, image_check.default_cache_file(c.root))
-    if bad:
-      data = read(bad)
+  read = lambda strict, bad: stl.read_stl(c.root, images_dir=c.images_dir, strict=strict,
+                                          category_map=dict(c.category_map) or None,
+                                          bad_images=bad)
+  # Found before training, not as a crash mid-epoch; results are cached per file.
+  data = image_check.read_checked(read, lambda d: d.image_paths, c.root, strict=c.strict,
+                                  check=c.check_images)
   sources = [FileImages([data.image_paths[s] for s in sigs])
              for sigs in (data.scenes, data.products)]
   return data, *sources

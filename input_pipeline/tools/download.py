@@ -1,15 +1,24 @@
 """Fetches the images of an annotation file: parallel, resumable, verified, with a failure report.
 
     python run.py download-images --annotations fashion.json --out stl-fashion/images
+    python run.py download-images --annotations my_pairs.txt --annotation_format stl_pairs ...
 
 Every signature of the file (scenes and products of `fashion.json`; collages of `raw_*.tsv`,
 `triplet_*.tsv` or `fitb_eval.json`) maps to the published URL pattern
 `<base>/ab/cd/ef/<sig>.jpg` and is saved in the same nested layout under `--out`, which the
-readers take as is. A file appears under its final name only once it is complete and decodes
-(written to a temporary name, checked, then renamed), so a killed run leaves no half files and
-the next run skips every finished image. Connection errors, timeouts, truncated bodies, 429 and
-5xx answers are retried with exponential backoff; 403/404 are final. The run ends with a JSON
-report listing every failure with its URL, HTTP status and reason.
+readers take as is. The kind of file follows its name (`annotation_kind`); a file of another
+name needs its kind given (`kind=`, `--annotation_format`). A file appears under its final name
+only once it is complete and decodes (written to a temporary name, checked, then renamed), so a
+killed run leaves no half files. A file already under its final name is decoded whole too, in
+parallel with the downloads: a good one is kept untouched, a damaged one (empty, truncated, not
+an image: copied in from elsewhere, or a disk that filled up) is reported and fetched again, and
+removed when that fails. Connection errors, timeouts, truncated bodies, 429 and 5xx answers are
+retried with exponential backoff; 403/404 are final. The run ends with a JSON report listing
+every failure with its URL, HTTP status and reason, and every damaged file found.
+
+Some failures are the normal case (many URLs of the 2019/2020 releases no longer answer): the
+run succeeds, and the report's summary says how many failed. `run_error` tells when nothing at
+all could be had, which `run.py download-images` ends with exit status 1.
 """
 
 from __future__ import annotations
@@ -64,27 +73,48 @@ def _sigs_fitb(path, report):
     yield from (item[0] for item in question["question"] + question["answers"])
 
 
-def annotation_signatures(path: str | os.PathLike, strict: bool = False
+# Annotation file kinds: STL pairs (fashion.json, one JSON object a line), CTL raw items
+# (raw_*.tsv), CTL outfit triplets (triplet_*.tsv), CTL fill-in-the-blank questions
+# (fitb_eval.json). "auto" takes the kind from the file name (`annotation_kind`).
+ANNOTATION_KINDS = {"stl_pairs": _sigs_stl, "ctl_raw": _sigs_raw,
+                    "ctl_triplets": _sigs_triplets, "ctl_fitb": _sigs_fitb}
+AUTO = "auto"
+KIND_CHOICES = (AUTO, *ANNOTATION_KINDS)
+_KIND_HINT = f"--annotation_format, one of {', '.join(ANNOTATION_KINDS)}"
+
+
+def annotation_kind(path: str | os.PathLike) -> str:
+  """The kind of an annotation file from its published name: `*.json` is STL pairs
+  (`fashion.json`) but `fitb*.json` is CTL FITB; `raw*.tsv` and `triplet*.tsv` are CTL.
+  DataError for any other name, listing the names known and the flag that names a kind."""
+  name = Path(path).name
+  if name.endswith(".tsv"):
+    if name.startswith("raw"):
+      return "ctl_raw"
+    if name.startswith("triplet"):
+      return "ctl_triplets"
+  elif name.endswith(".json"):
+    return "ctl_fitb" if name.startswith("fitb") else "stl_pairs"
+  raise DataError(f"{path}: cannot tell the annotation format from the file name (known: "
+                  "fashion.json or any *.json, fitb*.json, raw_*.tsv, triplet_*.tsv); "
+                  f"name the kind with {_KIND_HINT}")
+
+
+def annotation_signatures(path: str | os.PathLike, strict: bool = False, *, kind: str = AUTO
                           ) -> tuple[list[str], DropReport]:
   """Unique image signatures of an annotation file, in order of first appearance.
 
-  The format follows the published file names: `*.json` with one object per line is STL
-  (`fashion.json`), `fitb*.json` is CTL FITB, `raw_*.tsv` and `triplet_*.tsv` are CTL.
+  Args:
+    path: the annotation file.
+    strict: raise DataError at the first malformed record instead of dropping it.
+    kind: one of `ANNOTATION_KINDS`, or "auto": from the file name (`annotation_kind`).
   """
-  name = Path(path).name
-  readers = {"raw": _sigs_raw, "triplet": _sigs_triplets}
-  if name.endswith(".tsv"):
-    kind = next((k for k in readers if name.startswith(k)), None)
-    if kind is None:
-      raise DataError(f"{path}: a .tsv annotation file must be raw_*.tsv or triplet_*.tsv")
-    read = readers[kind]
-  elif name.endswith(".json"):
-    read = _sigs_fitb if name.startswith("fitb") else _sigs_stl
-  else:
-    raise DataError(f"{path}: unknown annotation file (fashion.json, raw_*.tsv, triplet_*.tsv, "
-                    "fitb_eval.json)")
+  if kind == AUTO:
+    kind = annotation_kind(path)
+  if kind not in ANNOTATION_KINDS:
+    raise ValueError(f"unknown annotation kind {kind!r}: expected one of {KIND_CHOICES}")
   report = DropReport(strict=strict)
-  return list(dict.fromkeys(read(path, report))), report
+  return list(dict.fromkeys(ANNOTATION_KINDS[kind](path, report))), report
 
 
 @dataclasses.dataclass
@@ -94,6 +124,24 @@ class Failure:
   status: int | None  # HTTP status, None when no answer came (timeout, connection error)
   reason: str
   attempts: int
+
+
+@dataclasses.dataclass
+class Damaged:
+  """A file found under its final name that does not decode: fetched again."""
+  signature: str
+  path: str
+  problem: str
+  replaced: bool  # False: the fetch failed (see the failures) and the file was removed
+
+
+@dataclasses.dataclass
+class _Outcome:
+  """What became of one signature."""
+  present: bool = False  # a good file was already there (kept untouched)
+  size: int = 0  # bytes written
+  damage: str | None = None  # why the file already there was unusable
+  failure: Failure | None = None
 
 
 class _Retry(Exception):
@@ -122,6 +170,8 @@ class Downloader:
   def __init__(self, out: str | os.PathLike, base_url: str = DEFAULT_BASE_URL, *,
                workers: int = 16, timeout: float = 30.0, retries: int = 4,
                backoff: float = 1.0):
+    if workers < 1:
+      raise ValueError(f"workers must be at least 1 (got {workers})")
     self.out = Path(out)
     self.base_url = base_url
     self.workers = workers
@@ -159,8 +209,12 @@ class Downloader:
     final = self.path(sig)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.{os.getpid()}.{threading.get_ident()}{PART_SUFFIX}")
-    tmp.write_bytes(data)
-    os.replace(tmp, final)  # atomic: the final name only ever holds a complete image
+    try:
+      tmp.write_bytes(data)
+      os.replace(tmp, final)  # atomic: the final name only ever holds a complete image
+    except OSError as e:  # disk full, no permission, a folder in the way: the same next time
+      tmp.unlink(missing_ok=True)
+      raise _Final(200, f"cannot write {final} ({e.strerror or e})") from None
     return len(data)
 
   def fetch(self, sig: str) -> tuple[int, Failure | None]:
@@ -189,29 +243,64 @@ class Downloader:
         count += 1
     return count
 
+  def check(self, sig: str) -> tuple[bool, str | None]:
+    """(whether a file is under the final name, None when it decodes whole or why not)."""
+    try:
+      data = self.path(sig).read_bytes()
+    except FileNotFoundError:
+      return False, None
+    except OSError as e:  # unreadable, or a folder of that name
+      return True, f"cannot be read ({e.strerror or e})"
+    return True, "empty file (0 bytes)" if not data else verify_image(data)
+
+  def ensure(self, sig: str) -> _Outcome:
+    """Keeps a good file of `sig`; fetches a missing or damaged one (a damaged file whose fetch
+    fails is removed: it could not be read anyway, and the next run tries again)."""
+    present, damage = self.check(sig)
+    if present and damage is None:
+      return _Outcome(present=True)
+    size, failure = self.fetch(sig)
+    if failure and damage:
+      try:
+        self.path(sig).unlink()
+      except OSError as e:
+        failure.reason += f"; the damaged file could not be removed ({e.strerror or e})"
+    return _Outcome(size=size, damage=damage, failure=failure)
+
   def run(self, sigs: list[str], progress: bool = True) -> dict:
-    """Downloads the missing images of `sigs`; returns the report (see `download_images`)."""
+    """Verifies the images of `sigs` already there and fetches the others; returns the report
+    (see `download_images`)."""
     start = time.perf_counter()
     stale = self.remove_partial_files()
-    todo = [s for s in sigs if not self.path(s).exists()]
     failures: list[Failure] = []
-    nbytes = 0
+    damaged: list[Damaged] = []
+    present = nbytes = 0
+    # One task per signature: decoding the files already there runs in the same pool as the
+    # downloads, so a resumed run checks its finished images at full parallelism.
     with concurrent.futures.ThreadPoolExecutor(self.workers) as pool, tqdm.tqdm(
-        total=len(todo), unit="img", desc="downloading", disable=not progress,
+        total=len(sigs), unit="img", desc="verifying and downloading", disable=not progress,
         mininterval=1.0) as bar:
-      for size, failure in pool.map(self.fetch, todo):
-        nbytes += size
-        if failure:
-          failures.append(failure)
+      for sig, outcome in zip(sigs, pool.map(self.ensure, sigs)):
+        present += outcome.present
+        nbytes += outcome.size
+        if outcome.failure:
+          failures.append(outcome.failure)
+        if outcome.damage:
+          damaged.append(Damaged(sig, str(self.path(sig)), outcome.damage,
+                                 replaced=outcome.failure is None))
+        bar.set_postfix(present=present, damaged=len(damaged), failed=len(failures),
+                        refresh=False)
         bar.update(1)
     seconds = time.perf_counter() - start
-    downloaded = len(todo) - len(failures)
+    downloaded = len(sigs) - present - len(failures)
     return {
-        "signatures": len(sigs), "already_present": len(sigs) - len(todo),
+        "signatures": len(sigs), "already_present": present,
         "downloaded": downloaded, "failed": len(failures), "bytes": nbytes,
         "seconds": round(seconds, 3),
         "images_per_second": round(downloaded / seconds, 2) if seconds > 0 else None,
         "partial_files_removed": stale,
+        "damaged_replaced": sum(d.replaced for d in damaged),
+        "damaged": [dataclasses.asdict(d) for d in damaged],
         "failures_by_status": dict(collections.Counter(
             "no answer" if f.status is None else f"HTTP {f.status}"
             for f in failures).most_common()),
@@ -220,21 +309,40 @@ class Downloader:
 
 
 def download_images(annotations: str | os.PathLike, out: str | os.PathLike, *,
-                    base_url: str = DEFAULT_BASE_URL, workers: int = 16, timeout: float = 30.0,
-                    retries: int = 4, backoff: float = 1.0, report_file: str | None = None,
-                    progress: bool = True) -> dict:
+                    kind: str = AUTO, base_url: str = DEFAULT_BASE_URL, workers: int = 16,
+                    timeout: float = 30.0, retries: int = 4, backoff: float = 1.0,
+                    report_file: str | None = None, progress: bool = True) -> dict:
   """Downloads every image of `annotations` into `out` and writes the report.
 
+  Args:
+    annotations: the annotation file.
+    out: the image folder (nested layout).
+    kind: the annotation kind, one of `KIND_CHOICES` ("auto": from the file name).
+    workers: parallel downloads and checks, at least 1.
+
   Returns:
-    The report: counts (`signatures`, `already_present`, `downloaded`, `failed`), `bytes`,
-    `seconds`, `images_per_second`, and `failures` [{signature, url, status, reason,
-    attempts}], also written to `report_file` (default `out/download_report.json`).
+    The report: counts (`signatures`, `already_present` (good files kept), `downloaded`
+    (written this run, replacements of damaged files included), `failed`; they add up to
+    `signatures`), `bytes`, `seconds`, `images_per_second`, `failures` [{signature, url,
+    status, reason, attempts}], `damaged` [{signature, path, problem, replaced}] and
+    `damaged_replaced`, also written to `report_file` (default `out/download_report.json`).
+
+  Raises:
+    DataError: the annotation file is missing, unreadable, of an unknown name (with `kind`
+      "auto") or holds no usable record.
+    ValueError: `workers` < 1 or an unknown `kind`.
   """
-  sigs, drops = annotation_signatures(annotations)
+  downloader = Downloader(out, base_url, workers=workers, timeout=timeout, retries=retries,
+                          backoff=backoff)  # checks its arguments before any work
+  if kind == AUTO:
+    kind = annotation_kind(annotations)
+  sigs, drops = annotation_signatures(annotations, kind=kind)
+  if not sigs:
+    raise DataError(f"{annotations}: no image signature in it, read as {kind} "
+                    f"({drops.summary()}); if it is another kind of file, name the kind with "
+                    f"{_KIND_HINT}")
   if len(drops):
     logging.warning("%s: %s (their images are not fetched)", annotations, drops.summary())
-  downloader = Downloader(out, base_url, workers=workers, timeout=timeout, retries=retries,
-                          backoff=backoff)
   report = downloader.run(sigs, progress=progress)
   report["annotations"] = str(annotations)
   report["annotation_drops"] = len(drops)
@@ -245,12 +353,35 @@ def download_images(annotations: str | os.PathLike, out: str | os.PathLike, *,
   return report
 
 
+def run_error(report: dict) -> str | None:
+  """Why the run as a whole failed: no image of the file could be fetched or found good
+  (`run.py download-images` then exits 1); None when at least one image is there."""
+  if report["signatures"] and not report["already_present"] + report["downloaded"]:
+    by_status = ", ".join(f"{k}: {n}" for k, n in report["failures_by_status"].items())
+    return (f"none of the {report['signatures']} images of {report.get('annotations')} could "
+            f"be fetched ({by_status}); report: {report.get('report_file')}")
+  return None
+
+
 def format_report(report: dict, max_lines: int = 20) -> str:
-  """The summary line, then up to `max_lines` failures."""
+  """The summary line, up to `max_lines` damaged files and failures, and, when some images
+  failed but not all, a closing line with their count."""
   lines = [f"{report['downloaded']} downloaded, {report['already_present']} already present, "
            f"{report['failed']} failed of {report['signatures']} images "
            f"({report['bytes'] / 1e6:.1f} MB in {report['seconds']:.1f} s, "
            f"{report['images_per_second']} images/s); report: {report.get('report_file')}"]
+  damaged = report.get("damaged", [])
+  if damaged:
+    lost = len(damaged) - report["damaged_replaced"]
+    lines.append(f"replaced {report['damaged_replaced']} damaged files"
+                 + (f" ({lost} more damaged, fetch failed: removed)" if lost else "") + ":")
+    for d in damaged[:max_lines]:
+      lines.append(f"  {d['signature']}  {d['problem']}  "
+                   f"{'replaced' if d['replaced'] else 'fetch failed, removed'}  {d['path']}")
+    if len(damaged) > max_lines:
+      lines.append(f"  ... {len(damaged) - max_lines} more in the report file")
+  if report["failures"]:
+    lines.append("failed:")
   for f in report["failures"][:max_lines]:
     reason = f["reason"]
     if not reason.startswith("HTTP"):
@@ -258,4 +389,8 @@ def format_report(report: dict, max_lines: int = 20) -> str:
     lines.append(f"  {f['signature']}  {reason}  ({f['attempts']} attempts)  {f['url']}")
   if report["failed"] > max_lines:
     lines.append(f"  ... {report['failed'] - max_lines} more in the report file")
+  if report["failed"] and not run_error(report):
+    by_status = ", ".join(f"{k}: {n}" for k, n in report["failures_by_status"].items())
+    lines.append(f"{report['failed']} of {report['signatures']} images could not be fetched "
+                 f"({by_status}); the others are in place. Rerunning retries only these.")
   return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline.readers import ctl, image_folder, stl
-from input_pipeline.readers.drops import DropReport
+from input_pipeline.readers.drops import DataError, DropReport
 
 
 def _distribution(values: np.ndarray) -> dict:
@@ -92,7 +92,7 @@ def summarize_ctl(root: str | os.PathLike, images_dir: str = "images",
   root = Path(root)
   names = [s for s in ("train", "test") if (root / f"raw_{s}.tsv").exists()]
   if not names:
-    raise FileNotFoundError(f"{root}: neither raw_train.tsv nor raw_test.tsv")
+    raise DataError(f"{root}: neither raw_train.tsv nor raw_test.tsv")
   splits = {name: _ctl_split(root, name, images_dir, strict) for name in names}
   report = DropReport(strict=strict)
   for s in splits.values():
@@ -124,9 +124,23 @@ def summarize_ctl(root: str | os.PathLike, images_dir: str = "images",
   }
 
 
+def detect_format(root: str | os.PathLike) -> str:
+  """"stl" or "ctl": the format whose annotation files `root` holds."""
+  root = Path(root)
+  found = [fmt for fmt, names in (("stl", ["fashion.json"]),
+                                  ("ctl", ["raw_train.tsv", "raw_test.tsv"]))
+           if any((root / n).exists() for n in names)]
+  if len(found) != 1:
+    what = "both STL and CTL files" if found else "no fashion.json nor raw_*.tsv"
+    raise DataError(f"{root}: {what}; pass --format stl or --format ctl")
+  return found[0]
+
+
 def summarize(fmt: str, root: str | os.PathLike, **kwargs: Any) -> dict:
-  """The summary of `root` read as `fmt` ("stl" or "ctl")."""
+  """The summary of `root` read as `fmt` ("stl", "ctl", or "both": whichever it holds)."""
   readers = {"stl": summarize_stl, "ctl": summarize_ctl}
+  if fmt == "both":
+    fmt = detect_format(root)
   if fmt not in readers:
     raise ValueError(f"format {fmt!r}: inspect-data reads one of {sorted(readers)}")
   return readers[fmt](root, **kwargs)
