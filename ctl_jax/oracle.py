@@ -16,6 +16,7 @@ import numpy as np
 
 from ctl_jax.metrics import Scorer
 from ctl_jax.trainer.config_fields import ConfigError
+from input_pipeline import storage
 
 
 def latents_file(eval_latents: str, data_root: str) -> str | None:
@@ -24,13 +25,13 @@ def latents_file(eval_latents: str, data_root: str) -> str | None:
   if eval_latents == "none":
     return None
   if eval_latents:
-    if not os.path.exists(eval_latents):
+    if not storage.exists(eval_latents):
       raise ConfigError(f"eval.latents={eval_latents!r}: no such file")
     return eval_latents
   if not data_root:
     return None
-  beside = os.path.normpath(data_root) + ".latents.json"
-  return beside if os.path.exists(beside) else None
+  beside = os.fspath(data_root).rstrip("/") + ".latents.json"
+  return beside if storage.exists(beside) else None
 
 
 def load_latents(eval_latents: str, data_root: str) -> dict | None:
@@ -38,8 +39,7 @@ def load_latents(eval_latents: str, data_root: str) -> dict | None:
   path = latents_file(eval_latents, data_root)
   if path is None:
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def styles(table: dict[str, int], keys: list[str]) -> np.ndarray:

@@ -55,12 +55,14 @@ import logging
 import os
 import zlib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from input_pipeline import storage
 from input_pipeline.readers.drops import DataError
+
+Path = storage.Path
 
 INDEX = "index.json"
 RECORD_FORMAT = 1  # the `format` of a `.done` integrity record
@@ -100,7 +102,7 @@ def shard_stem(root: Path, kind: str, shard: int) -> Path:
 
 
 def _marker(root: Path, kind: str, shard: int) -> Path:
-  return Path(f"{shard_stem(root, kind, shard)}.done")
+  return storage.path(f"{shard_stem(root, kind, shard)}.done")
 
 
 def is_complete(root: Path, kind: str, shard: int) -> bool:
@@ -108,20 +110,17 @@ def is_complete(root: Path, kind: str, shard: int) -> bool:
 
 
 def write_index(root: Path, manifest: Manifest) -> None:
-  root.mkdir(parents=True, exist_ok=True)
-  tmp = root / (INDEX + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(dataclasses.asdict(manifest), f)
-  os.replace(tmp, root / INDEX)
+  storage.makedirs(root)
+  storage.write_atomic(root / INDEX, json.dumps(dataclasses.asdict(manifest)))
 
 
 def _load_index(path: Path) -> Manifest:
   """The manifest in `path`; FileNotFoundError, or ValueError saying what is wrong with it."""
-  with open(path) as f:
-    try:
-      raw = json.load(f)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-      raise ValueError(f"unreadable JSON ({e})") from None
+  text = storage.read_bytes(path)
+  try:
+    raw = json.loads(text)
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise ValueError(f"unreadable JSON ({e})") from None
   fields = sorted(f.name for f in dataclasses.fields(Manifest))
   if not isinstance(raw, dict) or sorted(raw) != fields:
     raise ValueError(f"not a feature-cache index (expected a JSON object of {fields})")
@@ -163,7 +162,8 @@ def file_crc32(path: str | os.PathLike) -> int:
   crc = 0
   buf = bytearray(_CHUNK)
   view = memoryview(buf)
-  with open(path, "rb", buffering=0) as f:
+  with (storage.open_file(path, "rb") if storage.is_remote(path)
+        else open(path, "rb", buffering=0)) as f:
     while n := f.readinto(view):
       crc = zlib.crc32(view[:n], crc)
   return crc
@@ -172,7 +172,7 @@ def file_crc32(path: str | os.PathLike) -> int:
 def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype, int]:
   """(shape, dtype, data offset) of a C-order .npy file; DataError naming the file otherwise."""
   try:
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
       version = np.lib.format.read_magic(f)
       if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -193,7 +193,7 @@ def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype,
 def _field_problem(path: Path, rows: int, record: dict | None, checksum: bool) -> str | None:
   """What is wrong with one field file of a shard of `rows` rows (None: nothing)."""
   try:
-    size = path.stat().st_size
+    size = storage.size(path)
   except FileNotFoundError:
     return f"{path}: missing"
   if record is not None and size != record["bytes"]:
@@ -263,7 +263,7 @@ def verify_shard(root: Path, manifest: Manifest, kind: str, shard: int, *,
       return f"{marker}: records no {absent[0]!r} field"
     names = sorted(record["fields"])
   for name in names:
-    problem = _field_problem(Path(f"{stem}.{name}.npy"), rows,
+    problem = _field_problem(storage.path(f"{stem}.{name}.npy"), rows,
                              None if record is None else record["fields"][name], checksum)
     if problem:
       return problem
@@ -312,7 +312,10 @@ class ShardWriter:
     self._files: dict[str, list] = {}  # field -> [file, rows written, bytes written, crc32]
 
   def _tmp(self, field: str) -> Path:
-    return Path(f"{self.stem}.{field}.npy.tmp")
+    """Where a field is written: a temporary name locally; on an object store the final name
+    (a remote object appears whole when its upload ends, and the marker still comes last)."""
+    final = f"{self.stem}.{field}.npy"
+    return storage.path(final if storage.is_remote(final) else final + ".tmp")
 
   def append(self, field: str, rows: np.ndarray) -> None:
     rows = np.ascontiguousarray(rows, np.float16)
@@ -321,7 +324,7 @@ class ShardWriter:
       np.lib.format.write_array_header_2_0(
           header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
                    "fortran_order": False, "shape": (self.num_rows,) + rows.shape[1:]})
-      f = open(self._tmp(field), "wb")
+      f = storage.open_file(self._tmp(field), "wb")
       f.write(header.getvalue())
       self._files[field] = [f, 0, len(header.getvalue()), zlib.crc32(header.getvalue())]
     entry = self._files[field]
@@ -337,34 +340,40 @@ class ShardWriter:
       f.close()
       if written != self.num_rows:
         raise RuntimeError(f"{self.stem}.{field}: wrote {written} of {self.num_rows} rows")
-      os.replace(self._tmp(field), f"{self.stem}.{field}.npy")
+      if not storage.is_remote(self.stem):
+        os.replace(self._tmp(field), f"{self.stem}.{field}.npy")
       record["fields"][field] = {"bytes": nbytes, "crc32": crc}
-    tmp = Path(f"{self.stem}.done.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, f"{self.stem}.done")
+    storage.write_atomic(f"{self.stem}.done", json.dumps(record))
 
 
 class _RowFile:
-  """Random row access to a C-order .npy file through pread (no memory map)."""
+  """Random row access to a C-order .npy file (no memory map): pread on local disk, concurrent
+  ranged reads (one per row) on an object store."""
 
   def __init__(self, path: str):
     self.path = path
     self.shape, self.dtype, self.offset = read_npy_header(path)
+    self.remote = storage.is_remote(path)
     try:
-      self.fd = os.open(path, os.O_RDONLY)
+      self.fd = None if self.remote else os.open(path, os.O_RDONLY)
     except OSError as e:
       raise DataError(f"{path}: cannot open ({e.strerror})") from None
     self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
+  def _read(self, rows: np.ndarray) -> list[bytes]:
+    starts = [self.offset + int(r) * self.row_bytes for r in rows]
+    try:
+      if self.remote:
+        return storage.read_ranges(self.path, starts, self.row_bytes)
+      return [os.pread(self.fd, self.row_bytes, at) for at in starts]
+    except OSError as e:
+      raise DataError(f"{self.path}: reading rows failed ({e.strerror or e})") from None
+
   def read_into(self, rows: np.ndarray, out: np.ndarray) -> None:
     """Fills out[i] with row rows[i] (out is a C-contiguous [len(rows), ...] array)."""
     view = out.reshape(len(rows), -1).view(np.uint8)
-    for i, r in enumerate(rows):
+    for i, (r, data) in enumerate(zip(rows, self._read(rows))):
       at = self.offset + int(r) * self.row_bytes
-      try:
-        data = os.pread(self.fd, self.row_bytes, at)
-      except OSError as e:
-        raise DataError(f"{self.path}: reading row {int(r)} failed ({e.strerror})") from None
       if len(data) != self.row_bytes:
         raise DataError(f"{self.path}: row {int(r)} is cut short ({len(data)} of "
                         f"{self.row_bytes} bytes at offset {at}): the file changed after the "
@@ -372,7 +381,8 @@ class _RowFile:
       view[i] = np.frombuffer(data, np.uint8)
 
   def close(self) -> None:
-    os.close(self.fd)
+    if self.fd is not None:
+      os.close(self.fd)
 
 
 class FeatureCache:
@@ -382,7 +392,7 @@ class FeatureCache:
   CRC-32s, a full read); a damaged shard is a DataError naming the file."""
 
   def __init__(self, root: str | os.PathLike, *, checksum: bool = False):
-    self.root = Path(root)
+    self.root = storage.path(root)
     self.manifest = read_index(self.root)
     self._rows = {kind: {k: i for i, k in enumerate(keys)}
                   for kind, keys in self.manifest.keys.items()}

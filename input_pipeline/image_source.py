@@ -15,6 +15,8 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
+from input_pipeline import preprocess
+
 
 class ImageSource(Protocol):
   """Encoded image bytes by integer id, inside tf.data."""
@@ -38,7 +40,7 @@ class FileImages:
     return len(self.paths)
 
   def read(self, index: tf.Tensor) -> tf.Tensor:
-    return tf.io.read_file(tf.gather(self._paths, index))
+    return preprocess.read_file(tf.gather(self._paths, index))
 
 
 @dataclasses.dataclass

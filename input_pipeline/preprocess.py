@@ -110,6 +110,22 @@ def prepare_image(data: tf.Tensor, crop: tf.Tensor, size: int, normalization: st
   return NORMALIZATIONS[normalization](resize(image, size))
 
 
+def _read_remote(path: tf.Tensor) -> tf.Tensor:
+  def read(p):
+    from input_pipeline import storage  # noqa: PLC0415  (remote files only)
+    return storage.read_bytes(p.numpy().decode())
+  data = tf.py_function(read, [path], tf.string)
+  data.set_shape([])
+  return data
+
+
+def read_file(path: tf.Tensor) -> tf.Tensor:
+  """The bytes of a file, inside tf.data: a local path through TensorFlow's file op, a URL
+  (`gs://...`) through `storage` (fsspec), as the rest of ctl-jax reads it."""
+  remote = tf.strings.regex_full_match(path, "[a-zA-Z][a-zA-Z0-9+.-]*://.*")
+  return tf.cond(remote, lambda: _read_remote(path), lambda: tf.io.read_file(path))
+
+
 def load_image(path: tf.Tensor, crop: tf.Tensor, size: int, normalization: str) -> tf.Tensor:
   """File -> cropped, resized, normalised float32 [size, size, 3]."""
-  return prepare_image(tf.io.read_file(path), crop, size, normalization)
+  return prepare_image(read_file(path), crop, size, normalization)

@@ -14,6 +14,7 @@ batch_stats['conv1_bn']. Inputs must be preprocessed as Keras does (`input.norma
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -24,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from input_pipeline import storage
 
 # Keras weight name -> (Flax collection, Flax leaf name).
 _WEIGHTS = {
@@ -40,8 +43,8 @@ def _decode(names) -> list[str]:
 
 def read_keras_h5(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   """{layer name: {weight name: array}} of a Keras HDF5 weight (or model) file."""
-  try:
-    f = h5py.File(path, "r")
+  try:  # a remote file is read whole into memory (h5py opens file objects too)
+    f = h5py.File(io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path, "r")
   except (OSError, FileNotFoundError) as e:
     raise ValueError(f"{path}: cannot open as an HDF5 Keras weight file ({e})") from None
   with f:

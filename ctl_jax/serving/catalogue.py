@@ -12,10 +12,10 @@ model, d(s, p) = c_s - v.f_p + ||f_p||^2 with the ranking query v = f_s + q_c (s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctl_jax.serving.errors import MissingExportError, ServingError, UnknownCategoryError
+from input_pipeline import storage
 
 if TYPE_CHECKING:  # annotations only: this module stays free of the config library
   import ml_collections
@@ -75,8 +76,8 @@ def write(out: str | os.PathLike, embeddings: np.ndarray, signatures: list[str],
     raise ValueError(f"dtype={dtype!r}; choose from {list(DTYPES)}")
   if len(signatures) == 0:
     raise ValueError("the catalogue is empty: no product could be embedded")
-  out = Path(out)
-  (out / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
+  out = storage.path(out)
+  storage.makedirs(out / EMBEDDINGS_DIR)
   category_ids = np.asarray(category_ids)
   rows = np.zeros(len(signatures), np.int64)
   entries = {}
@@ -86,18 +87,22 @@ def write(out: str | os.PathLike, embeddings: np.ndarray, signatures: list[str],
     entries[name] = {"id": c, "count": int(len(members)), "file": None}
     if len(members):
       entries[name]["file"] = category_file(c, name)
-      np.save(out / entries[name]["file"], np.asarray(embeddings[members], dtype))
+      buf = io.BytesIO()
+      np.save(buf, np.asarray(embeddings[members], dtype))
+      storage.write_atomic(out / entries[name]["file"], buf.getvalue())
   table = pa.table({"signature": list(signatures),
                     "category": [categories[c] for c in category_ids],
                     "category_id": category_ids.astype(np.int32), "row": rows,
                     "image": [str(p) for p in images]})
-  pq.write_table(table, out / METADATA)
+  buf = io.BytesIO()
+  pq.write_table(table, buf)
+  storage.write_atomic(out / METADATA, buf.getvalue())
   manifest = {"format_version": FORMAT_VERSION, "kind": kind, "distance": DISTANCES[kind],
               "model_step": int(step), "model_fingerprint": fingerprint,
               "embed_dim": int(embeddings.shape[1]), "dtype": dtype,
               "num_products": len(signatures), "metadata": METADATA, "categories": entries,
               **(extra or {})}
-  (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+  storage.write_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
   return manifest
 
 
@@ -105,7 +110,7 @@ class Catalogue:
   """A read-only exported catalogue; arrays are memory-mapped, loaded per category on demand."""
 
   def __init__(self, root: str | os.PathLike):
-    self.root = Path(root)
+    self.root = storage.path(root)
     path = self.root / MANIFEST
     if not path.exists():
       raise MissingExportError(f"no {MANIFEST} in {self.root}: run `run.py export` first")
@@ -139,13 +144,16 @@ class Catalogue:
     return entries[category]
 
   def embeddings(self, category: str) -> np.ndarray:
-    """[n_c, D] embeddings of `category` (memory-mapped)."""
-    return np.load(self.root / self.check_category(category)["file"], mmap_mode="r")
+    """[n_c, D] embeddings of `category` (memory-mapped; read whole from an object store)."""
+    path = self.root / self.check_category(category)["file"]
+    if storage.is_remote(path):
+      return np.load(io.BytesIO(storage.read_bytes(path)))
+    return np.load(path, mmap_mode="r")
 
   def products(self, category: str) -> dict[str, np.ndarray]:
     """Columns of the metadata table for `category`, in row order."""
     if self._table is None:
-      t = pq.read_table(self.root / METADATA)
+      t = pq.read_table(io.BytesIO(storage.read_bytes(self.root / METADATA)))
       self._table = {k: np.asarray(t.column(k).to_pylist(), object if k != "row" else np.int64)
                      for k in ("signature", "category", "image", "row")}
     t = self._table

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -24,6 +23,7 @@ from ctl_jax.serving import catalogue, product_predictor
 from ctl_jax.serving.errors import ServingError
 from ctl_jax.serving.restore import restore
 from ctl_jax.trainer import sharding
+from input_pipeline import storage
 from input_pipeline.readers import image_folder, stl
 from input_pipeline.readers.drops import DataError, DropReport
 
@@ -32,7 +32,7 @@ def read_catalogue_dir(root: str | os.PathLike, categories: list[str], *, images
                        category_map: Mapping[str, str] | None = None,
                        strict: bool = False) -> tuple[list[str], np.ndarray, list[str], DropReport]:
   """(signatures, category ids, image paths, DropReport) of the products of an STL-style folder."""
-  root = Path(root)
+  root = storage.path(root)
   report = DropReport(strict=strict)
   path = root / stl.CATEGORIES_FILE
   if not path.exists():
@@ -112,17 +112,17 @@ def export_embeddings(config: ml_collections.ConfigDict, workdir: str, source: s
   if (config.task, use_cache) not in SOURCES:
     raise ServingError(f"--catalogue {source}: not supported for task {config.task!r} (use a "
                      f"catalogue folder)")
-  if not use_cache and not Path(source).is_dir():
+  if not use_cache and not storage.isdir(source):
     raise ServingError(f"--catalogue {source}: not a folder (or 'features')")
   fn = SOURCES[(config.task, use_cache)]
   args = (config, workdir) if use_cache else (config, workdir, source)
   emb, sigs, ids, files, step, categories, report = fn(*args)
   if len(report):
     logging.warning("%s: %s", source, report.summary())
-  out = out or os.path.join(workdir, "export")
+  out = out or storage.join(workdir, "export")
   if jax.process_index() != 0:
     return {}
   return catalogue.write(out, emb, sigs, ids, categories, files, kind=KINDS[config.task],
                          step=step, fingerprint=catalogue.model_fingerprint(config, categories),
-                         dtype=dtype, extra={"catalogue": os.path.abspath(source) if not use_cache
+                         dtype=dtype, extra={"catalogue": storage.absolute(source) if not use_cache
                                              else "features", "dropped": report.counts()})

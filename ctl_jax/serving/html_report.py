@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import html
 import os
-from pathlib import Path
+import pathlib
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ctl_jax.serving.errors import ServingError
+from input_pipeline import storage
 
 THUMB = 160  # pixels, the longer side of every tile
 
@@ -47,7 +48,7 @@ def thumbnail(image: Image.Image) -> Image.Image:
 def open_image(path: str) -> Image.Image:
   """The image at `path`, decoded; ValueError naming the file when it cannot be read."""
   try:
-    with Image.open(path) as im:
+    with storage.open_file(path, "rb") as f, Image.open(f) as im:
       return im.convert("RGB")
   except (OSError, ValueError) as e:
     raise ServingError(f"cannot read image {path}: {e}") from None
@@ -79,37 +80,40 @@ def write(out: str | os.PathLike, title: str, query: Image.Image,
   Args:
     rows: ranked products, dicts with `rank`, `category`, `distance`, `signature`, `image`.
   """
-  out = Path(out)
-  (out / "images").mkdir(parents=True, exist_ok=True)
-  header = [(query, "query")] + [(im, f"attention: {c}") for c, im in overlays.items()]
-  tiles, cards = [], []
-  head_files = []
-  for i, (im, text) in enumerate(header):
-    name = f"images/query_{i}.png"
-    big = im.copy()
-    big.thumbnail((3 * THUMB, 3 * THUMB))
-    big.save(out / name)
-    head_files.append((name, text))
-  for r in rows:
-    im = open_image(r["image"]) if r["image"] else Image.new("RGB", (THUMB, THUMB), "grey")
-    name = f"images/{r['rank']:03d}_{r['signature']}.jpg"
-    thumbnail(im).save(out / name, quality=90)
-    tiles.append((im, f"#{r['rank']} {r['category']}\nd={r['distance']:.4f}"))
-    cards.append((name, r))
-  sheet = out / "contact_sheet.png"
-  contact_sheet(header, tiles).save(sheet)
-  esc = html.escape
-  parts = [f"<!doctype html><meta charset='utf-8'><title>{esc(title)}</title>",
-           "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;"
-           "vertical-align:top}img{max-height:240px}</style>",
-           f"<h1>{esc(title)}</h1><div>"]
-  parts += [f"<figure><img src='{esc(n)}'><figcaption>{esc(t)}</figcaption></figure>"
-            for n, t in head_files]
-  parts.append("</div><h2>Recommended products</h2><div>")
-  parts += [f"<figure><img src='{esc(n)}'><figcaption>#{r['rank']} {esc(r['category'])}<br>"
-            f"d = {r['distance']:.4f}<br><small>{esc(r['signature'])}</small></figcaption>"
-            "</figure>" for n, r in cards]
-  parts.append("</div><p><a href='contact_sheet.png'>contact sheet</a></p>")
-  page = out / "index.html"
-  page.write_text("\n".join(parts))
-  return {"html": str(page), "contact_sheet": str(sheet)}
+  dest = out
+  with storage.local_folder(out) as local:  # a remote `out` gets the files at the end
+    out = pathlib.Path(local)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    header = [(query, "query")] + [(im, f"attention: {c}") for c, im in overlays.items()]
+    tiles, cards = [], []
+    head_files = []
+    for i, (im, text) in enumerate(header):
+      name = f"images/query_{i}.png"
+      big = im.copy()
+      big.thumbnail((3 * THUMB, 3 * THUMB))
+      big.save(out / name)
+      head_files.append((name, text))
+    for r in rows:
+      im = open_image(r["image"]) if r["image"] else Image.new("RGB", (THUMB, THUMB), "grey")
+      name = f"images/{r['rank']:03d}_{r['signature']}.jpg"
+      thumbnail(im).save(out / name, quality=90)
+      tiles.append((im, f"#{r['rank']} {r['category']}\nd={r['distance']:.4f}"))
+      cards.append((name, r))
+    sheet = out / "contact_sheet.png"
+    contact_sheet(header, tiles).save(sheet)
+    esc = html.escape
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{esc(title)}</title>",
+             "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;"
+             "vertical-align:top}img{max-height:240px}</style>",
+             f"<h1>{esc(title)}</h1><div>"]
+    parts += [f"<figure><img src='{esc(n)}'><figcaption>{esc(t)}</figcaption></figure>"
+              for n, t in head_files]
+    parts.append("</div><h2>Recommended products</h2><div>")
+    parts += [f"<figure><img src='{esc(n)}'><figcaption>#{r['rank']} {esc(r['category'])}<br>"
+              f"d = {r['distance']:.4f}<br><small>{esc(r['signature'])}</small></figcaption>"
+              "</figure>" for n, r in cards]
+    parts.append("</div><p><a href='contact_sheet.png'>contact sheet</a></p>")
+    page = out / "index.html"
+    page.write_text("\n".join(parts))
+  return {"html": storage.join(dest, "index.html"),
+          "contact_sheet": storage.join(dest, "contact_sheet.png")}

@@ -22,6 +22,7 @@ import numpy as np
 from ctl_jax.serving import catalogue as catalogue_lib
 from ctl_jax.serving import html_report, ranker
 from ctl_jax.serving.errors import ServingError, UnknownCategoryError
+from input_pipeline import storage
 
 if TYPE_CHECKING:  # annotations only: the predictor is imported when a command runs
   import ml_collections
@@ -232,8 +233,8 @@ def recommend(workdir: str, *, scene: str | None = None, product: str | None = N
   if (scene is None) == (product is None):
     raise ServingError("pass exactly one of --scene IMG or --product IMG")
   html_report.open_image(scene or product)  # a clear error before any checkpoint is restored
-  cat = catalogue_lib.Catalogue(embeddings or os.path.join(workdir, "export"))
-  out = out or os.path.join(workdir, "recommend")
+  cat = catalogue_lib.Catalogue(embeddings or storage.join(workdir, "export"))
+  out = out or storage.join(workdir, "recommend")
   from ctl_jax.serving import scene_predictor  # restores checkpoints: imported when a command runs
   if scene is not None:
     predictor = predictor or scene_predictor.restore_scene_predictor(workdir, config)

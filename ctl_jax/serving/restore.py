@@ -13,6 +13,7 @@ import ml_collections
 from ctl_jax import task as task_lib
 from ctl_jax.trainer import checkpoint, config_fields, optimizer, sharding
 from ctl_jax.trainer.state import TrainState, create_train_state
+from input_pipeline import storage
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ def open_checkpoint(workdir: str | os.PathLike, choice: str | None = None
   meta = ckpt.restore_meta(step)
   if choice is None:
     choice = meta.get("config", {}).get("eval", {}).get("checkpoint", "latest")
-  if choice == "best" and os.path.isdir(os.path.join(workdir, "best")):
+  if choice == "best" and storage.isdir(storage.join(workdir, "best")):
     best = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1, name="best")
     best_step = best.latest_step()
     if best_step is not None:

@@ -8,6 +8,7 @@ import os
 import jax
 
 from ctl_jax.serving.scene_predictor import ScenePredictor, product_encoder, scene_encoder
+from input_pipeline import storage
 
 
 def export_savedmodels(scene: ScenePredictor, out: str | os.PathLike) -> dict[str, str]:
@@ -30,8 +31,9 @@ def export_savedmodels(scene: ScenePredictor, out: str | os.PathLike) -> dict[st
     converted = jax2tf.convert(fn, polymorphic_shapes=[None] + poly, with_gradient=False)
     module.serve = tf.function(lambda *args: converted(module.weights, *args),
                                input_signature=specs, autograph=False)
-    path = os.path.join(out, name)
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    path = storage.join(out, name)
+    with storage.local_folder(path) as local:  # a remote `out` receives the files when saved
+      tf.saved_model.save(module, local, signatures={"serving_default": module.serve})
     paths[name] = path
 
   save("scene", functools.partial(scene_encoder, scene.model),

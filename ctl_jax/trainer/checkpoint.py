@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import sys
 import threading
 import zlib
@@ -40,6 +39,7 @@ from jax.experimental import multihost_utils
 
 from ctl_jax.trainer import cluster
 from ctl_jax.trainer.state import TrainState, abstract_state
+from input_pipeline import storage
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -177,9 +177,9 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            save_interval_steps=save_every_steps, create=True,
                                            cleanup_tmp_directories=True)
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, name)
-    self.quarantine_directory = os.path.join(self.workdir, f"{name}.corrupt")
+    self.workdir = storage.absolute(workdir)
+    self.directory = storage.join(self.workdir, name)
+    self.quarantine_directory = storage.join(self.workdir, f"{name}.corrupt")
     # Handlers named up front: item_metadata() can then read a step's tree before restoring it.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -295,12 +295,11 @@ class Checkpointer:
   def _quarantine(self, steps: list[int]) -> None:
     """Moves damaged steps out of the checkpoint folder (process 0; the others wait)."""
     if cluster.is_main_process():
-      os.makedirs(self.quarantine_directory, exist_ok=True)
+      storage.makedirs(self.quarantine_directory)
       for step in steps:
-        target = os.path.join(self.quarantine_directory, str(step))
-        if os.path.exists(target):
-          shutil.rmtree(target)
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        target = storage.join(self.quarantine_directory, str(step))
+        storage.remove_tree(target)
+        storage.move(storage.join(self.directory, str(step)), target)
         logging.warning("moved damaged checkpoint step %d to %s", step, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("ctl_jax checkpoint quarantine")

@@ -14,9 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -28,7 +26,8 @@ from jax.experimental import multihost_utils
 
 from ctl_jax.trainer import sharding
 from ctl_jax.trainer.state import TrainState
-from input_pipeline import batching, feature_cache
+from input_pipeline import batching, feature_cache, storage
+from input_pipeline.storage import Path
 
 VERIFY_CHOICES = ("checksum", "size")  # features.verify: how finished shards are checked
 
@@ -61,7 +60,7 @@ def cache_root(config: ml_collections.ConfigDict, workdir: str, state: TrainStat
                  "multiscale": config.model.get("multiscale", False)}
   keys = {kind: items[kind][0] for kind in items}
   fp = feature_cache.fingerprint(description, keys)
-  base = Path(config.data.feature_dir or os.path.join(workdir, "features"))
+  base = storage.path(config.data.feature_dir or storage.join(workdir, "features"))
   manifest = feature_cache.Manifest(fingerprint=fp, description=description,
                                     shard_size=config.features.shard_size, keys=keys)
   return base / fp, manifest

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,6 +40,7 @@ from ctl_jax.trainer import (
   workdir_lock,
 )
 from ctl_jax.trainer.state import TrainState, create_train_state
+from input_pipeline import storage
 from input_pipeline.feature_cache import FeatureCache
 
 # Config fields every task's checkpoints depend on (each task adds its `checkpoint_fields`).
@@ -149,7 +149,7 @@ def command_run(config: ml_collections.ConfigDict, workdir: str) -> Iterator[Run
   the end, however it ends (their background threads would otherwise outlive the loop that
   serves them and print tracebacks at exit)."""
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   with workdir_lock.hold(workdir) if cluster.is_main_process() else contextlib.nullcontext():
     run = setup(config, workdir)
     try:
@@ -161,15 +161,15 @@ def command_run(config: ml_collections.ConfigDict, workdir: str) -> Iterator[Run
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Checks the config against its task, reads the data and builds the model and optimizer."""
   task, mesh = check_config(config)
-  os.makedirs(workdir, exist_ok=True)  # only once the config is known to be runnable
+  storage.makedirs(workdir)  # only once the config is known to be runnable
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
                                  max_to_keep=config.train.max_checkpoints_to_keep)
   best = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1, name=BEST)
   for line in run_log.describe_outputs(config, workdir, ckpt.directory):
     logging.info("%s", line)
   if cluster.is_main_process():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_fields.config_dict(config), f, indent=2)
+    storage.write_atomic(storage.join(workdir, "config.json"),
+                         json.dumps(config_fields.config_dict(config), indent=2))
   data = task.load_data(config)
   run_log.write_drop_report(data.drops, workdir)
   record = task.checkpoint_meta(data)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ctl_jax.trainer import cluster
+from input_pipeline import storage
 
 MODES = ("stop", "skip")
 REPORT_FILE = "nonfinite.jsonl"
@@ -78,7 +78,7 @@ class Monitor:
     self.id_keys, self.signatures, self.last_good_step = tuple(id_keys), signatures, last_good_step
     self.skipped = 0
     self._pending: list[tuple[int, jax.Array, dict]] = []
-    self._report_path = os.path.join(workdir, REPORT_FILE)
+    self._report_path = storage.join(workdir, REPORT_FILE)
 
   def record(self, step: int, metrics: dict, host_batch: dict) -> None:
     ids = {k: host_batch[k] for k in self.id_keys}
@@ -120,5 +120,5 @@ class Monitor:
     logging.error("non-finite loss or parameters at step %d (%s); the batch's images: %s", step,
                   action, "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in signatures.items()))
     if cluster.is_main_process():
-      with open(self._report_path, "a") as f:
-        f.write(json.dumps({"step": step, "action": self.mode, "images": signatures}) + "\n")
+      storage.append_text(self._report_path, json.dumps(
+          {"step": step, "action": self.mode, "images": signatures}) + "\n")

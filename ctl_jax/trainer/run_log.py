@@ -9,8 +9,8 @@ import datetime
 import json
 import logging
 import math
-import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -18,6 +18,7 @@ import ml_collections
 import tqdm
 
 from ctl_jax.trainer import cluster
+from input_pipeline import storage
 from input_pipeline.readers.drops import DropReport
 
 METRICS_FILE = "metrics.jsonl"
@@ -30,12 +31,12 @@ def describe_outputs(config: ml_collections.ConfigDict, workdir: str,
                      checkpoint_dir: str) -> list[str]:
   """The opening lines of a run: where it writes, and what it runs on."""
   t = config.train
-  board = os.path.join(os.path.abspath(workdir), TENSORBOARD_DIR)
+  board = storage.join(storage.absolute(workdir), TENSORBOARD_DIR)
   return [
-      f"workdir {os.path.abspath(workdir)} (config.json, eval_metrics.json)",
+      f"workdir {storage.absolute(workdir)} (config.json, eval_metrics.json)",
       f"checkpoints {checkpoint_dir} (every {t.checkpoint_every_steps} steps and at the end, "
       f"keep {t.max_checkpoints_to_keep}, asynchronous)",
-      f"metrics {os.path.join(os.path.abspath(workdir), METRICS_FILE)} "
+      f"metrics {storage.join(storage.absolute(workdir), METRICS_FILE)} "
       f"(every {t.log_every_steps} steps)",
       "TensorBoard " + (f"tensorboard --logdir {board}" if t.tensorboard
                         else "off (train.tensorboard=False)"),
@@ -54,38 +55,47 @@ class MetricsLog:
   """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = storage.join(workdir, METRICS_FILE)
     self.enabled = cluster.is_main_process()
 
   def drop_after(self, step: int) -> None:
     """Forgets lines of steps after `step`: a resumed run redoes them (after a kill -9)."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not storage.exists(self.path):
       return
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
+    lines = [line + "\n" for line in storage.read_text(self.path).splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     if len(kept) != len(lines):
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
+      storage.write_atomic(self.path, "".join(kept))
 
   def write(self, step: int, values: dict) -> None:
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": step, **{k: _json_value(v) for k, v in values.items()}})
-                + "\n")
+      storage.append_text(self.path, json.dumps(
+          {"step": step, **{k: _json_value(v) for k, v in values.items()}}) + "\n")
 
 
 class TensorBoard:
-  """Scalars under workdir/tensorboard (process 0; a no-op elsewhere or when disabled)."""
+  """Scalars under workdir/tensorboard (process 0; a no-op elsewhere or when disabled).
+
+  A remote workdir gets its event files through `storage` like every other output: they are
+  written to a local folder and uploaded whole at each flush (they are small)."""
 
   def __init__(self, workdir: str, enabled: bool):
     self._writer = None
+    self._remote = None
     if enabled and cluster.is_main_process():
       import tensorflow as tf  # TF's summary writer; TensorBoard reads its event files
       self._tf = tf
+      board = storage.join(workdir, TENSORBOARD_DIR)
+      if storage.is_remote(board):
+        self._remote = (tempfile.TemporaryDirectory(prefix="ctl_jax_tensorboard_"), board)
+        board = self._remote[0].name
       with tf.device("/cpu:0"):
-        self._writer = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
+        self._writer = tf.summary.create_file_writer(board)
+
+  def _flush(self) -> None:
+    self._writer.flush()
+    if self._remote is not None:
+      storage.upload_tree(self._remote[0].name, self._remote[1])
 
   def scalars(self, step: int, values: dict, prefix: str = "") -> None:
     if self._writer is None:
@@ -94,11 +104,14 @@ class TensorBoard:
       for k, v in values.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
           self._tf.summary.scalar(prefix + k, float(v))
-    self._writer.flush()
+    self._flush()
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+      if self._remote is not None:
+        storage.upload_tree(self._remote[0].name, self._remote[1])
+        self._remote[0].cleanup()
 
 
 def _eta(seconds: float) -> str:
@@ -176,9 +189,8 @@ def format_table(results: dict, columns: Sequence[str]) -> str:
 
 def write_results(results: dict, workdir: str) -> str:
   """workdir/eval_metrics.json; returns its path."""
-  path = os.path.join(workdir, RESULTS_FILE)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
+  path = storage.join(workdir, RESULTS_FILE)
+  storage.write_atomic(path, json.dumps(results, indent=2))
   return path
 
 
@@ -186,7 +198,7 @@ def write_drop_report(drops: DropReport | None, workdir: str) -> None:
   """Every record the readers dropped (lenient mode) to workdir/dropped_records.jsonl."""
   if drops is None or not cluster.is_main_process():
     return
-  path = os.path.join(workdir, DROPS_FILE)
+  path = storage.join(workdir, DROPS_FILE)
   drops.write(path)
   if len(drops):
     logging.warning("%s; each one is listed in %s", drops.summary(), path)

@@ -7,8 +7,10 @@ taken for a live one, and nobody has to delete it. The file records the holder (
 command, start time) for the message a second run stops with.
 
 On a file system without `flock` (some network mounts) the run goes on with a warning: concurrent
-runs are then not detected. Within one process the lock is re-entrant (a test, or a command that
-calls another, may take it twice).
+runs are then not detected. An object-store workdir (`gs://...`) has no locks at all: its lock
+file lives on the local disk (`~/.cache/ctl_jax/locks/`, named by a hash of the URL), so two runs
+on one host are stopped, runs on two hosts are not. Within one process the lock is re-entrant
+(a test, or a command that calls another, may take it twice).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import socket
 import sys
 from collections.abc import Iterator
+
+from input_pipeline import storage
 
 LOCK_FILE = "run.lock"
 
@@ -43,6 +48,16 @@ def _holder(path: str) -> str:
     return "another process"
 
 
+def _lock_path(workdir: str | os.PathLike) -> tuple[str, str]:
+  """(lock file, key of the workdir) for a local folder or an object-store URL."""
+  if storage.is_remote(workdir):
+    url = os.fspath(workdir).rstrip("/")
+    folder = os.path.join(os.path.expanduser("~"), ".cache", "ctl_jax", "locks")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, hashlib.sha256(url.encode()).hexdigest()[:24] + ".lock"), url
+  return os.path.join(workdir, LOCK_FILE), os.path.realpath(workdir)
+
+
 @contextlib.contextmanager
 def hold(workdir: str | os.PathLike) -> Iterator[None]:
   """Holds the lock of `workdir` (an existing folder) for the `with` block.
@@ -50,8 +65,7 @@ def hold(workdir: str | os.PathLike) -> Iterator[None]:
   Raises:
     WorkdirLockedError: a live process holds it; the message names that process.
   """
-  path = os.path.join(workdir, LOCK_FILE)
-  key = os.path.realpath(workdir)
+  path, key = _lock_path(workdir)
   if key in _held:  # re-entrant within this process
     fd, depth = _held[key]
     _held[key] = (fd, depth + 1)

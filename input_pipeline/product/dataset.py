@@ -13,11 +13,11 @@ import dataclasses
 import functools
 import logging
 import os
-from pathlib import Path
 
 import ml_collections
 import numpy as np
 
+from input_pipeline import storage
 from input_pipeline.readers import ctl, image_check
 from input_pipeline.readers.drops import DataError, DropReport
 from input_pipeline.splits import VALIDATION_SALT, is_test_signature
@@ -124,7 +124,7 @@ def fitb_from_file(root: str | os.PathLike, mode: str) -> bool:
   the file exists) rather than being sampled from the test outfits."""
   if mode not in FITB_MODES:
     raise ValueError(f"eval.fitb={mode!r}; choose from {FITB_MODES}")
-  return mode == "file" or (mode == "auto" and (Path(root) / FITB_FILE).exists())
+  return mode == "file" or (mode == "auto" and (storage.path(root) / FITB_FILE).exists())
 
 
 def load_product_dataset(data_config: ml_collections.ConfigDict,
@@ -155,11 +155,11 @@ def load_product_dataset(data_config: ml_collections.ConfigDict,
   file_triplets = None
   other_drops = DropReport(strict=data_config.strict)
   if data_config.triplets == "file":
-    file_triplets = read_triplet_indices(Path(data_config.root) / "triplet_train.tsv", train,
-                                         keep, other_drops)
+    file_triplets = read_triplet_indices(storage.path(data_config.root) / "triplet_train.tsv",
+                                         train, keep, other_drops)
   fitb_file = None
   if fitb_from_file(data_config.root, fitb):
-    fitb_file = read_fitb_indices(Path(data_config.root) / FITB_FILE, test, other_drops)
+    fitb_file = read_fitb_indices(storage.path(data_config.root) / FITB_FILE, test, other_drops)
   return ProductDataset(root=str(data_config.root), train=train, test=test, train_outfits=kept,
                         train_fraction=float(data_config.train_fraction),
                         file_triplets=file_triplets, validation_outfits=validation,

@@ -19,10 +19,10 @@ import functools
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from input_pipeline import storage
 from input_pipeline.readers import image_folder, text_files
 from input_pipeline.readers.drops import DataError, DropReport
 
@@ -164,7 +164,7 @@ def read_ctl(root: str | os.PathLike, split: str = "train", *, images_dir: str =
     bad_images: signature -> reason for collages that exist but cannot be used (e.g. found
       undecodable by `image_check`); their items are dropped like missing images.
   """
-  root = Path(root)
+  root = storage.path(root)
   path = root / f"raw_{split}.tsv"
   report = DropReport(strict=strict)
   folder = image_folder.ImageFolder(root / images_dir) if check_images else None

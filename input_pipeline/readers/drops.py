@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 
+from input_pipeline import storage
+
 
 class DataError(ValueError):
   """A record of an input file is unusable (raised in strict mode)."""
@@ -58,6 +60,5 @@ class DropReport:
 
   def write(self, path: str | os.PathLike) -> None:
     """Writes one JSON object per dropped record."""
-    with open(path, "w") as f:
-      for d in self.drops:
-        f.write(json.dumps(dataclasses.asdict(d)) + "\n")
+    storage.write_atomic(path, "".join(json.dumps(dataclasses.asdict(d)) + "\n"
+                                       for d in self.drops))

@@ -16,13 +16,12 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TypeVar
 
 import tensorflow as tf
 import tqdm
 
-from input_pipeline import preprocess
+from input_pipeline import preprocess, storage
 
 T = TypeVar("T")
 CACHE_FILE = ".image_check.json"  # in the dataset folder when it is writable
@@ -30,7 +29,8 @@ CACHE_VERSION = 1
 
 
 def _decode_whole(path: tf.Tensor) -> tf.Tensor:
-  image = preprocess.decode_and_crop(tf.io.read_file(path), tf.constant(preprocess.FULL_IMAGE))
+  image = preprocess.decode_and_crop(preprocess.read_file(path),
+                                     tf.constant(preprocess.FULL_IMAGE))
   return tf.shape(image)
 
 
@@ -41,29 +41,19 @@ def _reason(error: Exception) -> str:
   return "undecodable image: " + (text.splitlines()[0] if text else type(error).__name__)
 
 
-def _stat(path: str) -> tuple[int, int] | None:
-  try:
-    st = os.stat(path)
-  except OSError:
-    return None
-  return st.st_size, st.st_mtime_ns
-
-
-def _load_cache(cache_file: Path | None) -> dict:
-  if cache_file is None or not cache_file.exists():
+def _load_cache(cache_file: str | None) -> dict:
+  if cache_file is None or not storage.exists(cache_file):
     return {}
   try:
-    raw = json.loads(cache_file.read_text())
-  except (OSError, json.JSONDecodeError):
+    raw = json.loads(storage.read_text(cache_file))
+  except (OSError, ValueError):
     return {}  # a damaged cache is only a lost speed-up
   return raw.get("files", {}) if raw.get("version") == CACHE_VERSION else {}
 
 
-def _save_cache(cache_file: Path, entries: dict) -> None:
-  tmp = cache_file.with_name(cache_file.name + f".tmp{os.getpid()}")
+def _save_cache(cache_file: str, entries: dict) -> None:
   try:
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": entries}))
-    os.replace(tmp, cache_file)
+    storage.write_atomic(cache_file, json.dumps({"version": CACHE_VERSION, "files": entries}))
   except OSError as e:
     logging.warning("could not write the image check cache %s: %s", cache_file, e)
 
@@ -109,15 +99,15 @@ def check_images(paths: Mapping[str, str], cache_file: str | os.PathLike | None 
   Returns:
     {signature: reason} for every file that is gone, empty or undecodable.
   """
-  cache_file = Path(cache_file) if cache_file else None
+  cache_file = os.fspath(cache_file) if cache_file else None
   cache = _load_cache(cache_file)
   entries, todo, bad = {}, [], {}
   for sig, path in paths.items():
-    stat = _stat(path)
+    stat = storage.signature(path)
     if stat is None:
       bad[sig] = f"image file not found: {path}"
       continue
-    key = os.path.abspath(path)
+    key = storage.absolute(path)
     old = cache.get(key)
     if old is not None and tuple(old[:2]) == stat:
       entries[key] = old
@@ -130,28 +120,31 @@ def check_images(paths: Mapping[str, str], cache_file: str | os.PathLike | None 
                  cache_file)
     problems = decode_problems(todo, num_parallel_calls, progress)
     for path in todo:
-      stat = _stat(path)
+      stat = storage.signature(path)
       if stat is not None:
-        entries[os.path.abspath(path)] = [*stat, problems.get(path)]
+        entries[storage.absolute(path)] = [*stat, problems.get(path)]
   if cache_file is not None and (todo or len(entries) != len(cache)):
     # Keep other files' entries: several datasets may share one image folder.
     _save_cache(cache_file, {**cache, **entries})
   for sig, path in paths.items():
-    entry = entries.get(os.path.abspath(path))
+    entry = entries.get(storage.absolute(path))
     if sig not in bad and entry is not None and entry[2]:
       bad[sig] = entry[2]
   return bad
 
 
 def default_cache_file(root: str | os.PathLike, fallback_dir: str | os.PathLike | None = None
-                       ) -> Path | None:
-  """`root/.image_check.json` when `root` is writable, else in `fallback_dir` (or no cache)."""
-  root = Path(root)
-  if os.access(root, os.W_OK):
-    return root / CACHE_FILE
+                       ) -> str | None:
+  """`root/.image_check.json` when `root` is a writable folder, else in `fallback_dir` (or no
+  cache). A remote root (often another team's bucket) keeps its cache in the user's local cache
+  folder (`~/.cache/ctl_jax`), keyed like every cache by full paths."""
+  if storage.is_remote(root):
+    fallback_dir = fallback_dir or os.path.join(os.path.expanduser("~"), ".cache", "ctl_jax")
+  elif os.access(root, os.W_OK):
+    return os.path.join(root, CACHE_FILE)
   if fallback_dir:
-    Path(fallback_dir).mkdir(parents=True, exist_ok=True)
-    return Path(fallback_dir) / CACHE_FILE  # keys are absolute paths: datasets can share it
+    storage.makedirs(fallback_dir)
+    return storage.join(fallback_dir, CACHE_FILE)  # keys are absolute paths: datasets share it
   return None
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from input_pipeline import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -17,14 +18,13 @@ class ImageFolder:
   """Resolves signatures to files in one folder, flat or nested, indexed once."""
 
   def __init__(self, root: str | os.PathLike):
-    self.root = Path(root)
+    self.root = storage.path(root)
     self._paths: dict[str, str] = {}
     if self.root.is_dir():
-      for dirpath, _, files in os.walk(self.root):
-        for name in files:
-          stem, ext = os.path.splitext(name)
-          if ext.lower() in IMAGE_EXTENSIONS:
-            self._paths.setdefault(stem, os.path.join(dirpath, name))
+      for file in storage.walk_files(self.root):
+        stem, ext = os.path.splitext(file.rsplit("/", 1)[-1])
+        if ext.lower() in IMAGE_EXTENSIONS:
+          self._paths.setdefault(stem, file)
 
   def __contains__(self, sig: str) -> bool:
     return sig in self._paths

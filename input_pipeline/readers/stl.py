@@ -13,10 +13,10 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from input_pipeline import storage
 from input_pipeline.readers import image_folder, text_files
 from input_pipeline.readers.drops import DataError, DropReport
 
@@ -149,7 +149,7 @@ def read_stl(root: str | os.PathLike, *, images_dir: str = "images", strict: boo
   Returns:
     StlData; its `drops` lists every skipped record with file, line, field and reason.
   """
-  root = Path(root)
+  root = storage.path(root)
   report = DropReport(strict=strict)
   cat_paths = read_category_map(root / categories_file, report)
   folder = image_folder.ImageFolder(root / images_dir) if check_images else None

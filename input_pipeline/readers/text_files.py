@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Iterator
 
+from input_pipeline import storage
 from input_pipeline.readers.drops import DataError
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
@@ -23,7 +24,7 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 def read_bytes(path: str | os.PathLike, missing_hint: str = "") -> bytes:
   """The bytes of `path`; DataError naming the file when it cannot be read."""
   try:
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
       return f.read()
   except FileNotFoundError:
     raise DataError(f"{path}: file not found{missing_hint}") from None
