@@ -194,3 +194,27 @@ def test_train_kill_resume_evaluate_export_recommend_all_on_gcs(emulator, stl_ro
   local_eval = json.loads((local / "eval_metrics.json").read_text())
   assert {k: v for k, v in remote_eval.items() if k != "baselines"} == {
       k: v for k, v in local_eval.items() if k != "baselines"}
+
+
+def test_product_dataset_reads_the_same_from_gcs(emulator, tmp_path):
+  from configs import product_smoke
+  from input_pipeline.product.dataset import load_product_dataset
+  from input_pipeline.tools import synthetic_ctl
+  root = tmp_path / "ctl"
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=60, seed=5, image_size=48, workers=1)
+  fsspec.filesystem("gs").put(str(root) + "/", f"{BUCKET}/ctl", recursive=True)
+  loaded = {}
+  for where in (str(root), _url("ctl")):
+    config = product_smoke.get_config()
+    config.data.root = where
+    loaded[where] = load_product_dataset(config.data)
+  disk, remote = loaded[str(root)], loaded[_url("ctl")]
+  for split in ("train", "test"):
+    a, b = getattr(disk, split), getattr(remote, split)
+    assert a.outfits == b.outfits and a.categories == b.categories and len(a) > 0
+    for field in ("item_outfit", "item_box", "item_category", "item_line"):
+      np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert {s: os.path.basename(p) for s, p in a.image_paths.items()} == {
+        s: p.rsplit("/", 1)[1] for s, p in b.image_paths.items()}
+    assert all(p.startswith(_url("ctl")) for p in b.image_paths.values())
+  np.testing.assert_array_equal(disk.train_outfits, remote.train_outfits)
