@@ -8,8 +8,12 @@ never goes silently unused.
 
 import ml_collections
 
+from configs import variants
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS: variants.Variants = {}  # none: the config as written
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = ""  # set by the task's base config: scene | product
   config.seed = 0
@@ -91,4 +95,4 @@ def get_config() -> ml_collections.ConfigDict:
   # The generator's latent styles, for the oracle baseline (the ceiling). "": <data.root>.latents
   # .json beside the data folder when it exists (generate-data writes it there); "none": no oracle.
   config.eval.latents = ""
-  return config
+  return variants.apply(config, variant, VARIANTS, "configs/base.py")

@@ -15,10 +15,12 @@ On a 2-core CPU this config runs, slowly: see the README for measured triplets/s
 
 import ml_collections
 
-from configs import base
+from configs import base, variants
+
+VARIANTS: variants.Variants = {}  # none: the config as written
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = base.get_config()
   config.task = "scene"
 
@@ -46,4 +48,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.in_batch_negatives = False
 
   config.eval.num_candidates = 100  # the positive + 99 sampled same-category negatives
-  return config
+  return variants.apply(config, variant, VARIANTS, "configs/default.py")

@@ -15,10 +15,12 @@ re-measured on today's STL-like default) it printed:
   untrained             0.4973          0.0146          0.1112          0.5063          0.4948 ...
 """
 
-from configs import demo
+from configs import demo, variants
+
+VARIANTS: variants.Variants = {}  # none: the config as written
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = demo.get_config()
   config.data.source = "images"
   config.model.freeze_backbone = False
@@ -30,4 +32,4 @@ def get_config():
   config.train.num_steps = 1200
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 400
-  return config
+  return variants.apply(config, variant, VARIANTS, "configs/demo_finetune.py")

@@ -22,10 +22,12 @@ fields on top of configs/base.py. Hardware: an accelerator (the backbone is fine
 2-core CPU runs it only very slowly.
 """
 
-from configs import base
+from configs import base, variants
+
+VARIANTS: variants.Variants = {}  # none: the config as written
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = base.get_config()
   config.task = "product"
 
@@ -61,4 +63,4 @@ def get_config():
   config.eval.fitb = "auto"
   config.eval.popularity_neighbors = 10  # the popularity baseline's visual frequency (see README)
   config.eval.popularity_train_items = 2000  # training items per category it compares with
-  return config
+  return variants.apply(config, variant, VARIANTS, "configs/product_default.py")

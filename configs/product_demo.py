@@ -14,10 +14,19 @@ style on unseen products"): held-out R@10 0.279 ± 0.010 (the oracle 0.360, untr
 0.810 ± 0.026 (oracle 0.819, untrained 0.257); the three runs took under 5 minutes together.
 """
 
-from configs import product_default
+from configs import product_default, variants
 
 
-def get_config():
+def _small(config):
+  """A quick look: a quarter of the steps."""
+  config.train.num_steps = 500
+  config.train.log_every_steps = 100
+
+
+VARIANTS = {"small": _small}
+
+
+def get_config(variant: str = ""):
   config = product_default.get_config()
   config.data.root = "data/ctl_demo"
   config.data.source = "features"
@@ -38,4 +47,4 @@ def get_config():
   config.train.log_every_steps = 250
   config.train.checkpoint_every_steps = 1000
   config.eval.batch_size = 256
-  return config
+  return variants.apply(config, variant, VARIANTS, "configs/product_demo.py")

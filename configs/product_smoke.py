@@ -7,10 +7,12 @@ steps): on `generate-data --format ctl --outfits 300 --seed 0` with --config.eva
 model r@10 0.1949 and fitb 0.1935 next to untrained 0.1928 / 0.1774 and random 0.2500 / 0.2500.
 """
 
-from configs import product_demo
+from configs import product_demo, variants
+
+VARIANTS: variants.Variants = {}  # none: the config as written
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = product_demo.get_config()
   config.data.source = "images"
   config.input.image_size = 32
@@ -29,4 +31,4 @@ def get_config():
   config.eval.popularity_train_items = 100
   config.features.batch_size = 32
   config.features.shard_size = 256
-  return config
+  return variants.apply(config, variant, VARIANTS, "configs/product_smoke.py")

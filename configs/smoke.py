@@ -6,10 +6,12 @@ It prints the table of configs/demo.py (with 20 candidates per query) with the m
 untrained baseline after its 4 steps. The tests load exactly this config.
 """
 
-from configs import demo
+from configs import demo, variants
+
+VARIANTS: variants.Variants = {}  # none: the config as written
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = demo.get_config()
   config.data.source = "images"
   config.input.image_size = 32
@@ -28,4 +30,4 @@ def get_config():
   config.features.shard_size = 256
   config.eval.num_candidates = 20
   config.eval.ks = (1, 5, 10)
-  return config
+  return variants.apply(config, variant, VARIANTS, "configs/smoke.py")

@@ -37,6 +37,7 @@ def open_checkpoint(workdir: str | os.PathLike, choice: str | None = None
   """(Checkpointer, step, record) of the state `workdir` serves: the best validated one
   (workdir/best) or the latest, as `choice` says (default: the run's `eval.checkpoint`);
   NoCheckpointError when there is none."""
+  checkpoint.require_checkpoints(workdir)
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1_000_000)
   step = ckpt.latest_step()
   if step is None:

@@ -50,6 +50,17 @@ class NoCheckpointError(FileNotFoundError):
   """The workdir has no checkpoint (yet): train first."""
 
 
+def require_checkpoints(workdir: str | os.PathLike, name: str = "checkpoints") -> None:
+  """NoCheckpointError, before anything is created, when `workdir` holds no checkpoint folder
+  (a misspelt --workdir, or a run that never saved): commands that only read a trained run call
+  this first, since opening a checkpoint manager creates its folder."""
+  if not storage.isdir(workdir):
+    raise NoCheckpointError(f"workdir {workdir} does not exist: check --workdir, or train first")
+  if not storage.isdir(storage.join(workdir, name)):
+    raise NoCheckpointError(f"no checkpoint in {workdir} (no {name}/ folder): check --workdir, "
+                            "or train first")
+
+
 class CorruptCheckpointError(RuntimeError):
   """A checkpoint's files cannot be read, or do not hold what was saved."""
 

@@ -337,6 +337,7 @@ def restore_trained(run: Run) -> TrainState:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the best validated state of `workdir`, or its newest good checkpoint
   (`eval.checkpoint`; `run.py evaluate`)."""
+  checkpoint.require_checkpoints(workdir)
   with command_run(config, workdir) as run:
     return run_evaluation(run, restore_trained(run))
 

@@ -13,7 +13,7 @@ from ctl_jax import task as task_lib
 from ctl_jax.trainer import config_fields
 
 CONFIGS = sorted(p.stem for p in pathlib.Path(base.__file__).parent.glob("*.py")
-                 if p.stem not in ("__init__", "base"))
+                 if p.stem not in ("__init__", "base", "variants"))  # variants: a helper
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -109,3 +109,14 @@ def test_run_py_stops_on_a_foreign_field_with_one_line(tmp_path):
   assert "ConfigError: config fields not read by task 'product': loss.in_batch_negatives" in (
       proc.stderr)
   assert "Traceback" not in proc.stderr and not workdir.exists()
+
+
+def test_config_variants():
+  from configs import demo, product_demo
+  assert demo.get_config("small").train.num_steps < demo.get_config().train.num_steps
+  assert product_demo.get_config("small").train.num_steps < product_demo.get_config(
+  ).train.num_steps
+  with pytest.raises(ValueError, match=r"no variant 'tiny' \(variants: configs/demo.py:small\)"):
+    demo.get_config("tiny")
+  with pytest.raises(ValueError, match=r"variants: none"):
+    smoke.get_config("small")
