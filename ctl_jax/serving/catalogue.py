@@ -114,7 +114,14 @@ class Catalogue:
     path = self.root / MANIFEST
     if not path.exists():
       raise MissingExportError(f"no {MANIFEST} in {self.root}: run `run.py export` first")
-    self.manifest = json.loads(path.read_text())
+    try:
+      self.manifest = json.loads(path.read_text())
+      if not isinstance(self.manifest, dict) or not isinstance(
+          self.manifest.get("categories"), dict):
+        raise ValueError("not an export manifest (no 'categories')")
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
+      raise ServingError(f"{path}: unreadable export manifest ({e}): re-run `run.py export`"
+                         ) from None
     if self.manifest.get("format_version") != FORMAT_VERSION:
       raise ManifestMismatch(f"{path}: format_version {self.manifest.get('format_version')}, "
                              f"this code reads {FORMAT_VERSION}: re-run `run.py export`")
@@ -146,14 +153,22 @@ class Catalogue:
   def embeddings(self, category: str) -> np.ndarray:
     """[n_c, D] embeddings of `category` (memory-mapped; read whole from an object store)."""
     path = self.root / self.check_category(category)["file"]
-    if storage.is_remote(path):
-      return np.load(io.BytesIO(storage.read_bytes(path)))
-    return np.load(path, mmap_mode="r")
+    try:
+      if storage.is_remote(path):
+        return np.load(io.BytesIO(storage.read_bytes(path)))
+      return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+      raise ServingError(f"{path}: unreadable embeddings ({e}): re-run `run.py export`"
+                         ) from None
 
   def products(self, category: str) -> dict[str, np.ndarray]:
     """Columns of the metadata table for `category`, in row order."""
     if self._table is None:
-      t = pq.read_table(io.BytesIO(storage.read_bytes(self.root / METADATA)))
+      try:
+        t = pq.read_table(io.BytesIO(storage.read_bytes(self.root / METADATA)))
+      except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ServingError(f"{self.root / METADATA}: unreadable ({e}): re-run `run.py export`"
+                           ) from None
       self._table = {k: np.asarray(t.column(k).to_pylist(), object if k != "row" else np.int64)
                      for k in ("signature", "category", "image", "row")}
     t = self._table

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 
 from ctl_jax.trainer import sharding
 from input_pipeline import batching
@@ -42,10 +43,16 @@ class ShardedApply:
     return jax.device_get(out if keys is None else {k: out[k] for k in keys})
 
   def over(self, state: Any, batches: Iterable[dict], num_rows: int,
-           keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+           keys: Sequence[str] | None = None, desc: str = "embedding") -> dict[str, np.ndarray]:
     """The outputs of every batch, concatenated and cut to the first `num_rows` rows (the
-    padding of the last batch comes last)."""
-    outs = [self(state, b, keys) for b in batches]
+    padding of the last batch comes last). A progress bar counts this process's rows (on a
+    terminal, process 0)."""
+    outs = []
+    with tqdm.tqdm(total=num_rows, unit="row", desc=desc, leave=False, mininterval=1.0,
+                   disable=None if jax.process_index() == 0 else True) as bar:
+      for b in batches:
+        outs.append(self(state, b, keys))
+        bar.update(int(np.sum(b[MASK])) if MASK in b else len(next(iter(outs[-1].values()))))
     return {k: np.concatenate([o[k] for o in outs])[:num_rows] for k in outs[0]}
 
   def rows(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -149,29 +150,55 @@ def command_run(config: ml_collections.ConfigDict, workdir: str) -> Iterator[Run
   the end, however it ends (their background threads would otherwise outlive the loop that
   serves them and print tracebacks at exit)."""
   check_config(config)
+  created = not storage.exists(workdir)
   storage.makedirs(workdir)
-  with workdir_lock.hold(workdir) if cluster.is_main_process() else contextlib.nullcontext():
-    run = setup(config, workdir)
-    try:
-      yield run
-    finally:
-      run.close()
+  try:
+    with workdir_lock.hold(workdir) if cluster.is_main_process() else contextlib.nullcontext():
+      run = setup(config, workdir)
+      try:
+        yield run
+      finally:
+        run.close()
+  except Exception:
+    if created and cluster.is_main_process():
+      _remove_if_only_bookkeeping(workdir)
+    raise
+
+
+# What `setup` writes before the data is read: a run that fails there (bad data) leaves nothing.
+_BOOKKEEPING = {workdir_lock.LOCK_FILE, "config.json", run_log.DROPS_FILE}
+
+
+def _remove_if_only_bookkeeping(workdir: str) -> None:
+  """Deletes a workdir this command created when it holds nothing but its bookkeeping files."""
+  if storage.is_remote(workdir):
+    return  # an object store has no folders: nothing is left but the files, kept for the user
+  try:
+    names = set(os.listdir(workdir))
+  except OSError:
+    return
+  if names <= _BOOKKEEPING:
+    for name in names:
+      os.remove(os.path.join(workdir, name))
+    os.rmdir(workdir)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Checks the config against its task, reads the data and builds the model and optimizer."""
   task, mesh = check_config(config)
   storage.makedirs(workdir)  # only once the config is known to be runnable
-  ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
-                                 max_to_keep=config.train.max_checkpoints_to_keep)
-  best = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1, name=BEST)
-  for line in run_log.describe_outputs(config, workdir, ckpt.directory):
+  for line in run_log.describe_outputs(config, workdir,
+                                      storage.join(storage.absolute(workdir), "checkpoints")):
     logging.info("%s", line)
   if cluster.is_main_process():
     storage.write_atomic(storage.join(workdir, "config.json"),
                          json.dumps(config_fields.config_dict(config), indent=2))
   data = task.load_data(config)
   run_log.write_drop_report(data.drops, workdir)
+  # The checkpoint managers (which create their folders and threads) once the data is known good.
+  ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
+                                 max_to_keep=config.train.max_checkpoints_to_keep)
+  best = checkpoint.Checkpointer(workdir, save_every_steps=1, max_to_keep=1, name=BEST)
   record = task.checkpoint_meta(data)
   model = task.create_model(config, record)
   tx, schedule = optimizer.make_optimizer(config.optimizer, config.train.num_steps)

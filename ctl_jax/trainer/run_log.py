@@ -29,10 +29,17 @@ DROPS_FILE = "dropped_records.jsonl"  # one JSON object per record the readers s
 
 def describe_outputs(config: ml_collections.ConfigDict, workdir: str,
                      checkpoint_dir: str) -> list[str]:
-  """The opening lines of a run: where it writes, and what it runs on."""
+  """The opening lines of a run: what it runs (the config in brief; all of it is saved as
+  W/config.json), where it writes, and what it runs on."""
   t = config.train
   board = storage.join(storage.absolute(workdir), TENSORBOARD_DIR)
+  d, m, o = config.data, config.model, config.optimizer
+  data = f"TFDS {d.tfds_name}" if d.get("tfds_name") else f"folder {d.root}"
   return [
+      f"config: task {config.task}; data {data} (source {d.source}); backbone {m.backbone} "
+      f"({'frozen' if m.get('freeze_backbone') else 'trained'}, {config.input.image_size} px); "
+      f"batch {config.input.batch_size}, {t.num_steps} steps, {o.get('name', '?')} "
+      f"lr {o.get('learning_rate', '?')}",
       f"workdir {storage.absolute(workdir)} (config.json, eval_metrics.json)",
       f"checkpoints {checkpoint_dir} (every {t.checkpoint_every_steps} steps and at the end, "
       f"keep {t.max_checkpoints_to_keep}, asynchronous)",
