@@ -36,10 +36,12 @@ or collage by (split, record, position).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline.readers import ctl, image_check, stl
@@ -47,9 +49,41 @@ from input_pipeline.readers.drops import DataError, DropReport
 from input_pipeline.splits import is_test_signature
 
 STL_TEST_FRACTION = 0.1  # the trainer's default data.test_fraction
-DEFAULT_FILE_FORMAT = "array_record"  # random access for the trainer; tfrecord streams only
+DEFAULT_FILE_FORMAT = "tfrecord"  # what tfds.load / as_dataset stream (ArrayRecord cannot)
 # Images stored as found (JPEG, PNG, GIF, BMP, WebP), decoded to RGB: no re-encoding.
 _IMAGE = dict(shape=(None, None, 3), encoding_format=None)
+
+
+STL_DESCRIPTION = """\
+Shop The Look (STL-Fashion), Pinterest's release for scene-based complementary product
+recommendation: fashion scene photos, each with the products it shows (signature, category,
+bounding box). Complete the Look trains a model to rank products of other categories that go
+with a scene. One example per scene, with its products; images as published (not re-encoded).
+"""
+STL_CITATION = """\
+@inproceedings{kang2019complete,
+  title={Complete the Look: Scene-based Complementary Product Recommendation},
+  author={Kang, Wang-Cheng and Kim, Eric and Leskovec, Jure and Rosenberg, Charles and
+          McAuley, Julian},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern
+             Recognition (CVPR)},
+  year={2019}
+}
+"""
+CTL_DESCRIPTION = """\
+Complete The Look, Pinterest's release for product-based complementary recommendation: outfit
+collages, each with the bounding boxes and category labels of its items (raw_train.tsv,
+raw_test.tsv). One example per collage, with its items; images as published.
+"""
+CTL_CITATION = """\
+@inproceedings{li2020bootstrapping,
+  title={Bootstrapping Complete The Look at Pinterest},
+  author={Li, Eileen and Kim, Eric and Zhai, Andrew and Beal, Josh and Gu, Kunlong},
+  booktitle={Proceedings of the 26th ACM SIGKDD International Conference on Knowledge
+             Discovery \\& Data Mining},
+  year={2020}
+}
+"""
 
 
 def _drops_metadata(report: DropReport) -> list[dict]:
@@ -66,18 +100,72 @@ def _check_images(root: Path, paths: dict[str, str]) -> dict[str, str]:
   return image_check.check_images(paths, image_check.default_cache_file(root))
 
 
-class _ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
-  """ArrayRecord unless told otherwise, examples kept in generation order."""
+def add_array_record_copy(builder: tfds.core.DatasetBuilder) -> None:
+  """Writes the ArrayRecord twin of every TFRecord shard of a prepared dataset (the same
+  serialized examples, in the same order) and records it as an alternative file format, so that
+  `as_dataset` / `tfds.load` stream the TFRecords and `as_data_source` and the trainer read the
+  ArrayRecords at random. (TFDS's own `convert_format` does this through Apache Beam.)"""
+  info = builder.info
+  if info.file_format != tfds.core.FileFormat.TFRECORD:
+    return
+  writer = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[tfds.core.FileFormat.ARRAY_RECORD]
+  record_of = {}
+  for name, split in info.splits.items():
+    order = []  # generation index of each record, in file order
+
+    def records(source, order=order):
+      for r in tf.data.TFRecordDataset(str(source)).as_numpy_iterator():
+        order.append(tf.train.Example.FromString(r).features.feature["index"].int64_list.value[0])
+        yield None, r
+    for filename in split.filenames:
+      source = Path(builder.data_dir) / filename
+      writer.write_examples(array_record_name(source), records(source))
+    position = np.empty(len(order), np.int64)
+    position[np.asarray(order, np.int64)] = np.arange(len(order))
+    record_of[name] = position.tolist()
+  info.metadata["record_of"] = record_of  # generation index -> record (TFDS shuffled them)
+  if tfds.core.FileFormat.ARRAY_RECORD not in info.alternative_file_formats:
+    info.add_alternative_file_format(tfds.core.FileFormat.ARRAY_RECORD)
+  info.write_to_directory(builder.data_dir)
+
+
+def array_record_name(tfrecord_file: str | os.PathLike) -> str:
+  """`name-train.tfrecord-00000-of-00001` -> `name-train.array_record-00000-of-00001`."""
+  text = os.fspath(tfrecord_file)
+  head, sep, tail = text.rpartition(".tfrecord-")
+  if not sep:
+    raise ValueError(f"{text}: not a TFDS TFRecord shard name")
+  return f"{head}.array_record-{tail}"
+
+
+_ALTERNATIVES = {"tfrecord": [tfds.core.FileFormat.ARRAY_RECORD], "array_record": []}
+
+
+class _RandomAccessBuilder(tfds.core.GeneratorBasedBuilder):
+  """Examples kept in generation order, stored twice: TFRecord (the file format, streamed by
+  `tfds.load`) and ArrayRecord (an alternative format, for random access). `file_format=
+  'array_record'` stores the ArrayRecords only (datasets built before both were written)."""
 
   def __init__(self, *, file_format: str | None = None, **kwargs: Any):
+    self._requested_format = str(getattr(file_format, "value", file_format)
+                                 or DEFAULT_FILE_FORMAT)
     super().__init__(file_format=file_format or DEFAULT_FILE_FORMAT, **kwargs)
 
+  def _file_format_name(self) -> str:
+    return self._requested_format if self._requested_format in _ALTERNATIVES else "array_record"
 
-class StlFashion(_ArrayRecordBuilder):
+  def download_and_prepare(self, *args, **kwargs):
+    super().download_and_prepare(*args, **kwargs)
+    add_array_record_copy(self)
+
+
+class StlFashion(_RandomAccessBuilder):
   """Shop The Look (Kang et al. 2019): scenes with the products they show."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Scenes with products, images as found, drops in metadata."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Scenes with products, images as found, drops in metadata.",
+                   "1.1.0": "TFRecord (streamed by tfds.load, shuffle_files) and ArrayRecord "
+                            "(random access) files; an `index` feature (generation order)."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Put Pinterest's STL release in the manual folder: fashion.json, fashion-cat.json and images/
   (<sig>.jpg, flat or nested ab/cd/ef/<sig>.jpg; `python run.py download-images` fetches them).
@@ -95,12 +183,17 @@ class StlFashion(_ArrayRecordBuilder):
     }
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
+            "index": np.int64,  # position in generation order (the metadata's order)
             "scene": {"signature": tfds.features.Text(), "image": tfds.features.Image(**_IMAGE)},
             "products": tfds.features.Sequence(product),
         }),
-        homepage="https://github.com/eileenforwhat/complete-the-look-dataset",
-        disable_shuffling=True,
+        description=STL_DESCRIPTION,
+        homepage="https://github.com/kang205/STL-Dataset",
+        citation=STL_CITATION,
         metadata=tfds.core.MetadataDict(),
+        # the ArrayRecord twins `add_array_record_copy` writes (a dataset read back from its
+        # folder takes this list from the code, not from dataset_info.json)
+        alternative_file_formats=_ALTERNATIVES[self._file_format_name()],
     )
 
   def _split_generators(self, dl_manager):
@@ -144,14 +237,17 @@ class StlFashion(_ArrayRecordBuilder):
             "category": stl.category_label(cat_paths[product]),
             "category_path": cat_paths[product], "box": [left, top, right, bottom],
             "bbox": _bbox(top, left, bottom, right), "line": line})
-      yield key, {"scene": {"signature": scene, "image": paths[scene]}, "products": products}
+      yield key, {"index": key, "scene": {"signature": scene, "image": paths[scene]},
+                  "products": products}
 
 
-class CtlOutfits(_ArrayRecordBuilder):
+class CtlOutfits(_RandomAccessBuilder):
   """Complete The Look (Li et al. 2020): outfit collages with their items."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Outfits with items, images as found, drops in metadata."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Outfits with items, images as found, drops in metadata.",
+                   "1.1.0": "TFRecord (streamed by tfds.load, shuffle_files) and ArrayRecord "
+                            "(random access) files; an `index` feature (generation order)."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Put Pinterest's CTL release in the manual folder: raw_train.tsv, raw_test.tsv and images/
   (<sig>.jpg, flat or nested ab/cd/ef/<sig>.jpg; `python run.py download-images` fetches them).
@@ -167,13 +263,18 @@ class CtlOutfits(_ArrayRecordBuilder):
     }
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
+            "index": np.int64,  # position in generation order (the metadata's order)
             "signature": tfds.features.Text(),
             "image": tfds.features.Image(**_IMAGE),
             "items": tfds.features.Sequence(item),
         }),
+        description=CTL_DESCRIPTION,
         homepage="https://github.com/eileenforwhat/complete-the-look-dataset",
-        disable_shuffling=True,
+        citation=CTL_CITATION,
         metadata=tfds.core.MetadataDict(),
+        # the ArrayRecord twins `add_array_record_copy` writes (a dataset read back from its
+        # folder takes this list from the code, not from dataset_info.json)
+        alternative_file_formats=_ALTERNATIVES[self._file_format_name()],
     )
 
   def _split_generators(self, dl_manager):
@@ -216,6 +317,6 @@ class CtlOutfits(_ArrayRecordBuilder):
   def _generate_examples(self, outfits, paths):
     for key, (sig, items) in enumerate(outfits):
       yield key, {
-          "signature": sig, "image": paths[sig],
+          "index": key, "signature": sig, "image": paths[sig],
           "items": [{"box": box, "bbox": _bbox(box[1], box[0], box[1] + box[3], box[0] + box[2]),
                      "label": label, "line": line} for line, box, label in items]}

@@ -32,10 +32,20 @@ def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     raise DataError(f"TFDS dataset {name} is not prepared in {builder.data_dir}: build it with "
                     f"`python -m input_pipeline.tools.tfds_build {name.split(':')[0]} "
                     f"--manual_dir=DIR --data_dir={data_dir or '~/tensorflow_datasets'}`")
-  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-    raise DataError(f"{builder.data_dir}: the trainer needs random access (ArrayRecord files); "
-                    f"rebuild with --file_format=array_record")
+  if tfds.core.FileFormat.ARRAY_RECORD not in builder.info.available_file_formats():
+    raise DataError(f"{builder.data_dir}: the trainer needs random access (ArrayRecord files), "
+                    f"this dataset has {builder.info.file_format.value} only; rebuild it with "
+                    f"`python -m input_pipeline.tools.tfds_build {name.split(':')[0]} "
+                    "--overwrite ...` (it writes both)")
   return builder
+
+
+def array_record_files(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
+  """The ArrayRecord shards of `split`: the file format's own, or the TFRecords' twins."""
+  names = builder.info.splits[split].filenames
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    names = [tfds_builders.array_record_name(n) for n in names]
+  return [os.path.join(builder.data_dir, n) for n in names]
 
 
 def _replay_drops(builder: tfds.core.DatasetBuilder, strict: bool) -> DropReport:
@@ -54,10 +64,14 @@ class TfdsImages:
     self._sources = {}
     self._keys = sorted({loc[2] for loc in locations})
     for split in sorted({loc[0] for loc in locations}):
-      files = [os.path.join(builder.data_dir, f) for f in builder.info.splits[split].filenames]
+      files = array_record_files(builder, split)
       self._sources[split] = array_record_data_source.ArrayRecordDataSource(files)
     self._splits = sorted(self._sources)
-    self._table = np.array([(self._splits.index(s), r, self._keys.index(k), p)
+    # TFDS shuffles the records of a split when it writes them; `record_of` maps an example's
+    # generation index (the metadata's order) to its record (identity for ordered datasets).
+    record_of = builder.info.metadata.get("record_of", {})
+    at = lambda s, r: record_of[s][r] if s in record_of else r
+    self._table = np.array([(self._splits.index(s), at(s, r), self._keys.index(k), p)
                             for s, r, k, p in locations], np.int64).reshape(-1, 4)
 
   def __len__(self) -> int:

@@ -145,3 +145,42 @@ def test_ctl_outfits_keeps_published_splits_and_drops_broken_collages(tmp_path):
       train.item_outfit == train.outfits.index(broken)))
   image = tf.io.decode_image(images.read(tf.constant(0)), channels=3)
   assert image.shape[-1] == 3
+
+
+def test_tfds_load_as_dataset_shuffle_files_and_data_source_with_defaults(small_stl, tmp_path):
+  """Like any TFDS dataset: tfds.load and as_dataset stream it (TFRecord), shuffle_files works,
+  as_data_source reads it at random (the ArrayRecord twins), with the papers' metadata."""
+  root, _ = small_stl
+  _build(tfds_builders.StlFashion, root, tmp_path)
+  builder = tfds.builder("stl_fashion", data_dir=str(tmp_path))
+  info = builder.info
+  assert "Complete the Look: Scene-based Complementary" in info.citation
+  assert "Kang" in info.citation and "Shop The Look" in info.description
+  assert info.homepage == "https://github.com/kang205/STL-Dataset"
+  for split in ("train", "test"):
+    streamed = [(int(ex["index"]), ex["scene"]["signature"].decode()) for ex in tfds.as_numpy(
+        tfds.load("stl_fashion", data_dir=str(tmp_path), split=split))]
+    shuffled = [(int(ex["index"]), ex["scene"]["signature"].decode()) for ex in tfds.as_numpy(
+        builder.as_dataset(split=split, shuffle_files=True))]
+    # (a fresh builder: as_data_source switches its builder's file format to ArrayRecord)
+    source = tfds.builder("stl_fashion", data_dir=str(tmp_path)).as_data_source(split=split)
+    records = [(int(source[r]["index"]), source[r]["scene"]["signature"].decode())
+               for r in range(len(source))]
+    assert len(streamed) == info.splits[split].num_examples > 0
+    assert sorted(streamed) == sorted(shuffled) == sorted(records)
+    # Generation order (the metadata's, the trainer's) -> record, whatever TFDS's shuffle did.
+    expected = [sig for sig, _ in info.metadata["examples"][split]]
+    record_of = info.metadata["record_of"][split]
+    assert [records[record_of[i]][1] for i in range(len(expected))] == expected
+    assert [i for i, _ in sorted(records)] == list(range(len(expected)))
+
+
+def test_ctl_outfits_has_the_kdd_citation_and_streams(tmp_path):
+  root = tmp_path / "ctl"
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=12, seed=3, image_size=40, workers=1)
+  _build(tfds_builders.CtlOutfits, root, tmp_path / "tfds")
+  builder = tfds.builder("ctl_outfits", data_dir=str(tmp_path / "tfds"))
+  assert "Bootstrapping Complete The Look at Pinterest" in builder.info.citation
+  streamed = {ex["signature"].decode() for ex in tfds.as_numpy(tfds.load(
+      "ctl_outfits", data_dir=str(tmp_path / "tfds"), split="train", shuffle_files=True))}
+  assert streamed == set(ctl.read_ctl(root, "train").outfits)
