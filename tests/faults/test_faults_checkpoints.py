@@ -45,8 +45,13 @@ def test_every_checkpoint_damaged_ends_in_one_short_error(scene_workdir, stl_roo
 
 
 def test_no_checkpoint_says_train_first(smoke_config, tmp_path):
-  with pytest.raises(checkpoint.NoCheckpointError, match="no checkpoint under .*: train first"):
+  with pytest.raises(checkpoint.NoCheckpointError, match="work does not exist: check --workdir, "
+                     "or train first"):
     loop.evaluate_checkpoint(smoke_config, str(tmp_path / "work"))
+  (tmp_path / "work").mkdir()
+  with pytest.raises(checkpoint.NoCheckpointError, match="no checkpoints/ folder.*train first"):
+    loop.evaluate_checkpoint(smoke_config, str(tmp_path / "work"))
+  assert list((tmp_path / "work").iterdir()) == []  # nothing created
 
 
 def test_product_query_on_a_scene_model_is_named(scene_workdir, ctl_root):

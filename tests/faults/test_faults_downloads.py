@@ -72,7 +72,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
   assert proc.returncode == 1, (proc.stdout, proc.stderr)
   assert "Traceback" not in proc.stderr
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  errors = [line for line in lines if line.startswith(("E", "FATAL"))]
+  errors = [line for line in lines if line.startswith(("E", "FATAL", "run.py: error:"))]
   assert len(errors) == 1, proc.stderr
   return errors[0]
 
