@@ -21,6 +21,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.root = ""  # the dataset folder (STL format for the scene task, CTL for product)
   config.data.images_dir = "images"  # relative to root, flat or nested ab/cd/ef/<sig>.jpg
+  # Or a prepared TFDS dataset (python -m input_pipeline.tools.tfds_build stl_fashion|ctl_outfits),
+  # which replaces `root`: its name and data_dir ("": ~/tensorflow_datasets).
+  config.data.tfds_name = ""
+  config.data.tfds_dir = ""
   config.data.strict = False  # True: stop at the first bad record, naming file/line/field
   # Decode every image once before training (cached per file in root/.image_check.json) and
   # drop the records of undecodable ones (listed in <workdir>/dropped_records.jsonl), instead

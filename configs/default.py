@@ -24,10 +24,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = base.get_config()
   config.task = "scene"
 
-  # Or a prepared TFDS dataset (python -m input_pipeline.tools.tfds_build stl_fashion ...), which
-  # replaces `root`: its name (e.g. "stl_fashion") and data_dir ("": ~/tensorflow_datasets).
-  config.data.tfds_name = ""
-  config.data.tfds_dir = ""
   config.data.test_fraction = 0.1  # of scenes, split deterministically by signature
   config.data.min_crop_fraction = 0.2  # drop pairs whose kept scene rectangle is smaller
 

@@ -43,6 +43,25 @@ class FileImages:
     return preprocess.read_file(tf.gather(self._paths, index))
 
 
+class ConcatImages:
+  """Ids 0..n0-1 are `sources[0]`'s, the next n1 `sources[1]`'s, and so on."""
+
+  def __init__(self, sources: Sequence[ImageSource]):
+    self.sources = list(sources)
+    self._starts = np.cumsum([0] + [len(s) for s in self.sources])
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def read(self, index: tf.Tensor) -> tf.Tensor:
+    index = tf.cast(index, tf.int64)
+    starts = tf.constant(self._starts[1:-1], tf.int64)
+    which = tf.cast(tf.searchsorted(starts, tf.reshape(index, [1]), side="right")[0], tf.int32)
+    branches = [lambda s=s, lo=int(lo): s.read(index - lo)
+                for s, lo in zip(self.sources, self._starts[:-1])]
+    return tf.switch_case(which, branches) if len(branches) > 1 else branches[0]()
+
+
 @dataclasses.dataclass
 class ImageRows:
   """One image per row: `source` ids, e.g. the scene of every test pair (ids may repeat)."""

@@ -30,6 +30,7 @@ from ctl_jax.trainer import inference
 from ctl_jax.trainer.config_fields import ConfigError
 from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
+from input_pipeline.image_source import ImageRows
 from input_pipeline.product import dataset as product_data
 from input_pipeline.product.sampler import negative_rule
 from input_pipeline.readers import ctl
@@ -319,8 +320,8 @@ class ItemEmbedder:
     """{'style' [n, D], 'logits' [n, C], 'global' [n, G]} of `items` (default: all) of `data`."""
     items = np.arange(len(data)) if items is None else np.asarray(items)
     if self.cache is None:
-      paths = product_data.paths_of(data)
-      batches = inference.image_batches(self.config, [paths[i] for i in items],
+      rows = product_data.item_images(data)
+      batches = inference.image_batches(self.config, ImageRows(rows.source, rows.ids[items]),
                                         product_data.crops_of(data)[items])
     else:
       rows = self.cache.rows("items", [data.item_keys[i] for i in items])

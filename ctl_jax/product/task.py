@@ -21,6 +21,7 @@ from ctl_jax.product.model import ProductModel
 from ctl_jax.trainer import sharding
 from ctl_jax.trainer.state import TrainState
 from input_pipeline.feature_cache import FeatureCache
+from input_pipeline.image_source import ConcatImages, ImageRows
 from input_pipeline.product import dataset as product_data
 from input_pipeline.product import pipeline as product_pipeline
 from input_pipeline.product.sampler import ProductTripletSampler, negative_rule
@@ -98,7 +99,7 @@ class ProductTask:
                  prefetch=c.input.prefetch)
     if cache is None:
       return product_pipeline.train_images(
-          sampler, product_data.paths_of(data.train), product_data.crops_of(data.train),
+          sampler, product_data.item_images(data.train), product_data.crops_of(data.train),
           image_size=c.input.image_size, normalization=c.input.normalization,
           num_parallel_calls=c.input.num_parallel_calls, **hosts)
     return product_pipeline.train_features(sampler, cache,
@@ -108,8 +109,10 @@ class ProductTask:
     """Every item crop of both splits (the whole training split, whatever data.train_fraction
     keeps, so that runs on subsets share one cache)."""
     splits = (data.train, data.test)
+    sources = [product_data.outfit_images(d) for d in splits]
+    ids = np.concatenate([data.train.item_outfit, len(sources[0]) + data.test.item_outfit])
     return {"items": ([k for d in splits for k in d.item_keys],
-                      [p for d in splits for p in product_data.paths_of(d)],
+                      ImageRows(ConcatImages(sources), ids.astype(np.int64)),
                       np.concatenate([product_data.crops_of(d) for d in splits]))}
 
   def evaluate(self, config: ml_collections.ConfigDict, data: product_data.ProductDataset,

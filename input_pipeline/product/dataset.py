@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import storage
+from input_pipeline.image_source import FileImages, ImageRows, ImageSource
 from input_pipeline.readers import ctl, image_check
 from input_pipeline.readers.drops import DataError, DropReport
 from input_pipeline.splits import VALIDATION_SALT, is_test_signature
@@ -29,9 +30,16 @@ def crops_of(data: ctl.CtlData) -> np.ndarray:
   return np.clip(np.stack([x, y, x + w, y + h], axis=1), 0.0, 1.0).astype(np.float32)
 
 
-def paths_of(data: ctl.CtlData) -> list[str]:
-  """The collage file of every item."""
-  return [data.image_paths[data.outfits[o]] for o in data.item_outfit]
+def outfit_images(data: ctl.CtlData) -> ImageSource:
+  """The encoded collage of each outfit id: `data.images` (TFDS), else the collage files."""
+  if data.images is not None:
+    return data.images
+  return FileImages([data.image_paths[sig] for sig in data.outfits])
+
+
+def item_images(data: ctl.CtlData) -> ImageRows:
+  """One row per item: its outfit's collage."""
+  return ImageRows(outfit_images(data), data.item_outfit.astype(np.int64))
 
 
 def items_by_outfit(data: ctl.CtlData) -> list[np.ndarray]:
@@ -132,8 +140,13 @@ def load_product_dataset(data_config: ml_collections.ConfigDict,
   """Reads raw_train.tsv and raw_test.tsv (and triplet_train.tsv, fitb_eval.json when asked:
   `data.triplets`, `fitb` as `eval.fitb`) under data.root, before anything trains, so that every
   dropped record is known at start-up."""
-  if not data_config.root:
-    raise ValueError("data.root is empty: pass --config.data.root=DIR (a CTL-format folder)")
+  tfds_name = data_config.get("tfds_name", "")
+  if not data_config.root and not tfds_name:
+    raise ValueError("data.root is empty: pass --config.data.root=DIR (a CTL-format folder) or "
+                     "--config.data.tfds_name=ctl_outfits [--config.data.tfds_dir=DIR]")
+  if tfds_name and (data_config.triplets == "file" or fitb == "file"):
+    raise DataError(f"TFDS {tfds_name}: data.triplets='file' and eval.fitb='file' read "
+                    "triplet_train.tsv and fitb_eval.json from a CTL folder (data.root)")
   if not 0.0 < data_config.train_fraction <= 1.0:
     raise ValueError(f"data.train_fraction={data_config.train_fraction} must be in (0, 1]")
   train, test = read_splits(data_config)
@@ -158,9 +171,10 @@ def load_product_dataset(data_config: ml_collections.ConfigDict,
     file_triplets = read_triplet_indices(storage.path(data_config.root) / "triplet_train.tsv",
                                          train, keep, other_drops)
   fitb_file = None
-  if fitb_from_file(data_config.root, fitb):
+  if not tfds_name and fitb_from_file(data_config.root, fitb):
     fitb_file = read_fitb_indices(storage.path(data_config.root) / FITB_FILE, test, other_drops)
-  return ProductDataset(root=str(data_config.root), train=train, test=test, train_outfits=kept,
+  return ProductDataset(root=str(data_config.root or tfds_name), train=train, test=test,
+                        train_outfits=kept,
                         train_fraction=float(data_config.train_fraction),
                         file_triplets=file_triplets, validation_outfits=validation,
                         other_drops=other_drops, fitb_file=fitb_file)
@@ -170,6 +184,13 @@ def read_splits(data_config: ml_collections.ConfigDict) -> tuple[ctl.CtlData, ct
   """raw_train.tsv and raw_test.tsv (test restricted to the training categories), with the
   items of missing or undecodable collages dropped (`image_check.read_checked`)."""
   c = data_config
+  if c.get("tfds_name"):
+    from input_pipeline.readers import tfds_source  # TFDS only when asked for
+    train, train_images = tfds_source.load_ctl(c.tfds_name, c.tfds_dir, "train", strict=c.strict)
+    test, test_images = tfds_source.load_ctl(c.tfds_name, c.tfds_dir, "test", strict=c.strict,
+                                             categories=train.categories)
+    return (dataclasses.replace(train, images=train_images),
+            dataclasses.replace(test, images=test_images))
 
   def read(strict, bad):
     train = ctl.read_ctl(c.root, "train", images_dir=c.images_dir, strict=strict,

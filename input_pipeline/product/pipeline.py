@@ -14,6 +14,7 @@ import tensorflow as tf
 from input_pipeline import preprocess
 from input_pipeline.batching import Batch, dataset_options, epoch_batches, local_batch_size
 from input_pipeline.feature_cache import FeatureCache
+from input_pipeline.image_source import ImageRows
 from input_pipeline.product.sampler import ProductTripletSampler
 
 ROLES = ("anchor", "positive", "negative")
@@ -35,7 +36,7 @@ def _index_batches(sampler: ProductTripletSampler, global_batch: int, start_step
     yield {k: v.astype(np.int32) for k, v in rows.items()}
 
 
-def train_images(sampler: ProductTripletSampler, paths: list[str], crops: np.ndarray, *,
+def train_images(sampler: ProductTripletSampler, images: ImageRows, crops: np.ndarray, *,
                  global_batch: int, image_size: int, normalization: str, start_step: int = 0,
                  process_index: int = 0, process_count: int = 1, prefetch: int = 2,
                  num_parallel_calls: int = tf.data.AUTOTUNE) -> Iterator[Batch]:
@@ -43,15 +44,15 @@ def train_images(sampler: ProductTripletSampler, paths: list[str], crops: np.nda
   [L, N, S, S, 3] (float32, normalised) and the index and category arrays of the sampler.
 
   Args:
-    paths, crops: the collage file and normalised (left, top, right, bottom) crop of every
-      training item (indexed by the sampler's item ids).
+    images, crops: the collage (image rows) and normalised (left, top, right, bottom) crop of
+      every training item (indexed by the sampler's item ids).
   """
   local = local_batch_size(global_batch, process_count)
   num_neg = sampler.num_negatives
-  files = tf.constant(paths)
+  ids = tf.constant(images.ids, tf.int64)
   boxes = tf.constant(crops, tf.float32)
-  load = lambda i: preprocess.load_image(tf.gather(files, i), tf.gather(boxes, i), image_size,
-                                         normalization)
+  load = lambda i: preprocess.prepare_image(images.source.read(tf.gather(ids, i)),
+                                            tf.gather(boxes, i), image_size, normalization)
 
   def load_row(row):
     out = dict(row)

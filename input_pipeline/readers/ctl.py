@@ -19,6 +19,7 @@ import functools
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,6 +131,9 @@ class CtlData:
   item_keys: list[str]  # item_key() of each item
   # [num_items] int32 line of each item in its raw file (for messages that name the record)
   item_line: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+  # encoded collage of outfit id i (an image_source.ImageSource, e.g. a TFDS dataset's records);
+  # None: the files of `image_paths`
+  images: Any = None
 
   def __len__(self) -> int:
     return len(self.item_outfit)

@@ -27,7 +27,11 @@ from input_pipeline.readers.drops import DataError, DropReport
 
 def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """The prepared dataset `name` (e.g. "stl_fashion" or "stl_fashion:1.0.0") in `data_dir`."""
-  builder = tfds.builder(name, data_dir=data_dir or None)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"no TFDS dataset named {name!r} (this project builds stl_fashion and "
+                    "ctl_outfits)") from None
   if not builder.is_prepared():
     raise DataError(f"TFDS dataset {name} is not prepared in {builder.data_dir}: build it with "
                     f"`python -m input_pipeline.tools.tfds_build {name.split(':')[0]} "

@@ -184,3 +184,42 @@ def test_ctl_outfits_has_the_kdd_citation_and_streams(tmp_path):
   streamed = {ex["signature"].decode() for ex in tfds.as_numpy(tfds.load(
       "ctl_outfits", data_dir=str(tmp_path / "tfds"), split="train", shuffle_files=True))}
   assert streamed == set(ctl.read_ctl(root, "train").outfits)
+
+
+def test_product_task_reads_ctl_outfits_with_the_folders_tables_and_batches(tmp_path):
+  from configs import product_smoke
+  from ctl_jax.product.task import ProductTask
+  from input_pipeline.product import dataset as product_data
+  root = tmp_path / "ctl"
+  synthetic_ctl.write_ctl_dataset(root, num_outfits=40, seed=4, image_size=48, workers=1)
+  _build(tfds_builders.CtlOutfits, root, tmp_path / "tfds")
+  config = product_smoke.get_config()
+  config.data.root = str(root)
+  config.input.batch_size = 4
+  loaded = {"folder": product_data.load_product_dataset(config.data)}
+  config.data.root = ""
+  config.data.tfds_name, config.data.tfds_dir = "ctl_outfits", str(tmp_path / "tfds")
+  loaded["tfds"] = product_data.load_product_dataset(config.data)
+  folder, from_tfds = loaded["folder"], loaded["tfds"]
+  for split in ("train", "test"):
+    a, b = getattr(folder, split), getattr(from_tfds, split)
+    assert (a.outfits, a.categories, a.item_keys) == (b.outfits, b.categories, b.item_keys)
+    np.testing.assert_array_equal(a.item_box, b.item_box)
+  np.testing.assert_array_equal(folder.train_outfits, from_tfds.train_outfits)
+  batches = [next(iter(ProductTask().train_batches(config, ds, 0, None)))
+             for ds in loaded.values()]
+  for key in ("anchor", "positive", "negative", "anchor_category"):
+    np.testing.assert_array_equal(batches[0][key], batches[1][key])
+  # The feature cache's item list reads the same images from either source.
+  rows = {k: ProductTask().cache_items(ds)["items"][1] for k, ds in loaded.items()}
+  first = [next(batching_eval(r[len(r) - 3:])) for r in rows.values()]
+  np.testing.assert_array_equal(first[0]["image"], first[1]["image"])
+  config.data.tfds_name = "no_such_dataset"
+  with pytest.raises(DataError, match="no TFDS dataset named 'no_such_dataset'"):
+    product_data.load_product_dataset(config.data)
+
+
+def batching_eval(rows):
+  from input_pipeline import batching
+  return batching.eval_images(rows, None, {}, global_batch=3, image_size=32,
+                              normalization="imagenet").as_numpy_iterator()

@@ -70,8 +70,8 @@ def test_train_evaluate_feature_cache_and_predictor(product_smoke_config, tmp_pa
   predictor = product_predictor.restore_product_predictor(workdir, config)
   test = run.data.test
   items = np.arange(5)
-  images = predictor.load_items([product_data.paths_of(test)[i] for i in items],
-                                test.item_box[items])
+  files = [test.image_paths[test.outfits[test.item_outfit[i]]] for i in items]
+  images = predictor.load_items(files, test.item_box[items])
   out = predictor.embed(images)
   np.testing.assert_allclose(out["style"], from_images["style"][items], atol=1e-4)
   np.testing.assert_allclose(np.linalg.norm(out["style"], axis=1), 1.0, atol=1e-5)
