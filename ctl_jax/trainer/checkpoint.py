@@ -151,8 +151,9 @@ def _silence_abandoned_reads() -> None:
   When one array of a damaged checkpoint fails to read, orbax abandons the reads of the other
   arrays: their coroutines are collected unawaited and TensorStore's callbacks find the event
   loop closed, and each prints a traceback with TensorStore's whole spec (thousands of lines for
-  a model), burying the one-line CorruptCheckpointError. Installed only once a restore has
-  failed, these filters drop exactly those messages; every other error still prints."""
+  a model), burying the one-line CorruptCheckpointError. Installed before a restore reads
+  anything (the echoes can print before the failed read returns), these filters drop exactly
+  those messages; every other error still prints."""
   if getattr(sys.excepthook, "_ctl_jax_quiet", False):
     return
 
@@ -227,6 +228,8 @@ class Checkpointer:
     if step is None:
       raise NoCheckpointError(f"no checkpoint in {self.directory}")
     where = f"checkpoint step {step} in {self.directory}"
+    # Before the first read: the echoes of an abandoned read can print before its error returns.
+    _silence_abandoned_reads()
     try:
       saved_tree = self.manager.item_metadata(step)["state"]
     except Exception as e:  # any unreadable metadata file is damage
@@ -296,6 +299,7 @@ class Checkpointer:
     return None
 
   def _meta_or_corrupt(self, step: int) -> dict:
+    _silence_abandoned_reads()
     try:
       return self.restore_meta(step)
     except Exception as e:

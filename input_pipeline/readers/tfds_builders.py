@@ -26,11 +26,20 @@ Bad records are handled as by the folder readers (lenient): malformed or invalid
 and undecodable images (`image_check`) are left out, and every dropped record is kept in the
 dataset's metadata (`info.metadata['drops']`, with file, line, field and reason).
 
-Random access. Both builders write ArrayRecord files by default and keep examples in generation
-order (`disable_shuffling`), and `info.metadata` holds the annotations of every example in that
-order. `tfds_source` uses both to open a dataset for the trainer without a pass over the images:
-it rebuilds the annotation tables from the metadata and fetches the bytes of any scene, product
-or collage by (split, record, position).
+Formats, shuffling and random access. TFDS 4.9's `as_dataset` / `tfds.load` stream TFRecord
+only (its ArrayRecord adapter has no tf.data reader), and ArrayRecord is what gives random access
+(`as_data_source`, the trainer). So each split is written twice: TFRecord shards, the dataset's
+`file_format` (what `tfds.load` and `as_dataset` read with the defaults, `shuffle_files=True`
+included), and their ArrayRecord twins, the same serialized examples in the same order, recorded
+as an alternative file format (`add_array_record_copy`; TFDS's own `convert_format` needs Apache
+Beam). The builders do not set `disable_shuffling`: TFDS refuses `shuffle_files=True` on such a
+dataset, and a TFDS dataset should shuffle like any other. TFDS therefore shuffles examples
+across records when it writes them; to keep every example findable by (split, generation
+index), each example carries an `index` feature (its position in generation order, the order of
+`info.metadata['examples']`) and `info.metadata['record_of'][split][index]` is its record. With
+these `tfds_source` opens a dataset for the trainer without a pass over the images: it rebuilds
+the annotation tables from the metadata and fetches the bytes of any scene, product or collage
+by (split, record, position) from the ArrayRecords.
 """
 
 from __future__ import annotations

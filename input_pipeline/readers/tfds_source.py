@@ -1,10 +1,12 @@
 """Reads a prepared `stl_fashion` / `ctl_outfits` TFDS dataset as the trainer's tables and images.
 
-The builders (`tfds_builders`) store the annotations of every example in `info.metadata` and the
-examples in generation order in ArrayRecord files. So opening a dataset needs no pass over the
-images: the tables are rebuilt from the metadata by the readers' own `assemble` (same indices as
-reading the raw folder), and `TfdsImages` fetches the encoded bytes of one image by random access
-to its record (split, record index, position in the example), inside tf.data.
+The builders (`tfds_builders`) store the annotations of every example in `info.metadata` (in
+generation order), the examples as TFRecord (streamed by `tfds.load`) and as ArrayRecord twins
+(random access), and `info.metadata['record_of']`, the record of each generation index (TFDS
+shuffles records when it writes them). So opening a dataset needs no pass over the images: the
+tables are rebuilt from the metadata by the readers' own `assemble` (same indices as reading the
+raw folder), and `TfdsImages` fetches the encoded bytes of one image by random access to its
+ArrayRecord record (split, record index, position in the example), inside tf.data.
 """
 
 from __future__ import annotations

@@ -180,10 +180,35 @@ def test_ctl_outfits_has_the_kdd_citation_and_streams(tmp_path):
   synthetic_ctl.write_ctl_dataset(root, num_outfits=12, seed=3, image_size=40, workers=1)
   _build(tfds_builders.CtlOutfits, root, tmp_path / "tfds")
   builder = tfds.builder("ctl_outfits", data_dir=str(tmp_path / "tfds"))
-  assert "Bootstrapping Complete The Look at Pinterest" in builder.info.citation
-  streamed = {ex["signature"].decode() for ex in tfds.as_numpy(tfds.load(
-      "ctl_outfits", data_dir=str(tmp_path / "tfds"), split="train", shuffle_files=True))}
-  assert streamed == set(ctl.read_ctl(root, "train").outfits)
+  info = builder.info
+  assert "Bootstrapping Complete The Look at Pinterest" in info.citation and "Li, Eileen" in (
+      info.citation)
+  assert "Complete The Look" in info.description
+  assert info.homepage == "https://github.com/eileenforwhat/complete-the-look-dataset"
+  outfits = set(ctl.read_ctl(root, "train").outfits)
+  for shuffle in (False, True):
+    streamed = [ex["signature"].decode() for ex in tfds.as_numpy(tfds.load(
+        "ctl_outfits", data_dir=str(tmp_path / "tfds"), split="train", shuffle_files=shuffle))]
+    assert sorted(streamed) == sorted(outfits)
+  source = tfds.builder("ctl_outfits", data_dir=str(tmp_path / "tfds")).as_data_source("train")
+  record_of = info.metadata["record_of"]["train"]
+  for index, (sig, _) in enumerate(info.metadata["examples"]["train"]):
+    example = source[record_of[index]]  # random access by generation index
+    assert (example["signature"].decode(), int(example["index"])) == (sig, index)
+
+
+def test_product_task_names_a_missing_tfds_dataset_and_its_dir(tmp_path):
+  from configs import product_smoke
+  from input_pipeline.product import dataset as product_data
+  config = product_smoke.get_config()
+  config.data.root = ""
+  config.data.tfds_name, config.data.tfds_dir = "ctl_outfits", str(tmp_path / "empty")
+  with pytest.raises(DataError) as error:
+    product_data.load_product_dataset(config.data)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "ctl_outfits is not prepared in" in message and str(tmp_path / "empty") in message
+  assert "tfds_build ctl_outfits" in message
 
 
 def test_product_task_reads_ctl_outfits_with_the_folders_tables_and_batches(tmp_path):
