@@ -17,7 +17,6 @@ honours `STORAGE_EMULATOR_HOST`) unless the user has set `EPATH_USE_TF` themselv
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pathlib
 import shutil
@@ -183,19 +182,6 @@ def local_folder(dst: PathLike) -> Iterator[str]:
     upload_tree(tmp, dst)
 
 
-@contextlib.contextmanager
-def local_copy(p: PathLike) -> Iterator[str]:
-  """A local path of a file's bytes, for libraries that read only local files (h5py, PIL)."""
-  if not is_remote(p):
-    yield os.fspath(p)
-    return
-  suffix = os.path.splitext(os.fspath(p))[1]
-  with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-    f.write(read_bytes(p))
-    f.flush()
-    yield f.name
-
-
 def walk_files(root: PathLike) -> Iterator[str]:
   """Every file under `root`, as full paths (sorted within each folder)."""
   if not is_remote(root):
@@ -218,8 +204,3 @@ def _fs(p: PathLike):
   import fsspec  # noqa: PLC0415  (remote paths only)
   fs, key = fsspec.core.url_to_fs(os.fspath(p))
   return fs, key
-
-
-def quiet_remote_logs() -> None:
-  """gcsfs logs each fallback of its experimental bucket-type probe as a warning."""
-  logging.getLogger("gcsfs").setLevel(logging.ERROR)
