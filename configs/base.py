@@ -54,7 +54,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.input.num_parallel_calls = -1  # tf.data.AUTOTUNE
 
   config.model = ml_collections.ConfigDict()
-  config.model.backbone = "resnet50"  # resnet50 | resnet_small | resnet_tiny
+  config.model.backbone = "resnet50"  # resnet50 | resnet_shallow | resnet_small | resnet_tiny
   config.model.backbone_weights = ""  # Keras ImageNet .h5 (notop) supplied by the user
   config.model.freeze_backbone = True  # no gradients, no optimizer state for the backbone
   config.model.embed_dim = 128

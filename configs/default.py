@@ -35,6 +35,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Hypercolumns: `global` and `regions` concatenate every stage up to those two, the early
   # stages' colour and texture next to the late stages' shapes (not in the paper).
   config.model.multiscale = False
+  # The global vector: "mean" pooling (the paper's) or "mean_std", the mean and the standard
+  # deviation of each channel over the map (for random-feature backbones; see nn/backbones.py).
+  config.model.global_pool = "mean"
   config.model.global_hidden = 256  # head f
   config.model.local_hidden = 256  # head l
   config.model.attention_hidden = 128  # head h

@@ -44,12 +44,16 @@ def get_config(variant: str = ""):
   config.input.normalization = "imagenet"
   config.input.batch_size = 256
   config.input.num_parallel_calls = 2  # AUTOTUNE oversubscribes a 2-core machine
-  config.model.backbone = "resnet_small"
-  config.model.freeze_backbone = True
-  # Random features keep colour and texture in the early stages and mix them away later: the
-  # global vector is stage 2 pooled, the regions stage 3 (8 x 8 at 64 px). See the README's
+  # A frozen random network is a random-feature extractor: what it keeps grows with its width,
+  # not its depth, so the demo's is ResNet-50's widths with one block per stage. Random features
+  # keep colour and texture in the early stages and mix them away later: the global vector is
+  # stage 2 pooled to its channels' mean and standard deviation (the spread tells garments'
+  # colours apart from their blend), the regions stage 3 (8 x 8 at 64 px). See the README's
   # ablation table ("Learning style on unseen products").
+  config.model.backbone = "resnet_shallow"
+  config.model.freeze_backbone = True
   config.model.global_stage = 2
+  config.model.global_pool = "mean_std"
   config.model.region_stage = 3
   config.model.global_hidden = 128
   config.model.local_hidden = 128

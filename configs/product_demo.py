@@ -34,8 +34,12 @@ def get_config(variant: str = ""):
   config.input.normalization = "imagenet"
   config.input.batch_size = 256
   config.input.num_parallel_calls = 2  # AUTOTUNE oversubscribes a 2-core machine
-  config.model.backbone = "resnet_small"
+  # The random-feature extractor of configs/demo.py: ResNet-50's widths, one block per stage,
+  # the heads reading stage 2 pooled to its channels' mean and standard deviation.
+  config.model.backbone = "resnet_shallow"
   config.model.freeze_backbone = True
+  config.model.global_stage = 2
+  config.model.global_pool = "mean_std"
   config.model.style_hidden = 256
   config.model.classifier_hidden = 128
   config.model.embed_dim = 64

@@ -12,6 +12,8 @@ number of batches and the padding is masked out.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -56,6 +58,39 @@ def epoch_batches(sampler: EpochSampler, global_batch: int, start_step: int,
       lo = t * global_batch + process_index * local
       yield {k: v[lo:lo + local] for k, v in arrays.items()}
     epoch, step = epoch + 1, 0
+
+
+def conform(batch: Batch, spec: dict[str, tf.TensorSpec]) -> Batch:
+  """The arrays of `spec`'s keys in its dtypes, as tf.data's `from_generator` would give them."""
+  out = {}
+  for key, s in spec.items():
+    out[key] = np.asarray(batch[key], s.dtype.as_numpy_dtype)
+    if not s.shape.is_compatible_with(out[key].shape):
+      raise ValueError(f"batch field {key!r} has shape {out[key].shape}, expected {s.shape}")
+  return out
+
+
+def prefetch_in_thread(batches: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
+  """`batches`, computed `size` ahead by one background thread.
+
+  For the feature-cache pipelines, whose batches are numpy gathers (pread releases the GIL):
+  tf.data's `from_generator` + `prefetch` did the same, but dropping its iterator at the end of
+  training waited up to a minute for its worker threads. Here closing the iterator (or
+  dropping it) cancels the batches not started and waits only for the one being computed.
+  """
+  done = object()
+  pull = lambda: next(batches, done)
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+    ahead = collections.deque(pool.submit(pull) for _ in range(max(size, 1)))
+    try:
+      while True:
+        batch = ahead.popleft().result()
+        if batch is done:
+          return
+        ahead.append(pool.submit(pull))
+        yield batch
+    finally:
+      pool.shutdown(cancel_futures=True)
 
 
 def dataset_options() -> tf.data.Options:

@@ -56,6 +56,10 @@ class ResNet(nn.Module):
     multiscale: hypercolumns instead: `global` concatenates the pooled maps of stages
       2..global_stage, and `regions` the maps of stages 2..region_stage, each averaged down to
       the region grid. Early stages keep colour and texture that the later ones mix away.
+    global_pool: how a map becomes the global vector: "mean" (the papers' average pooling) or
+      "mean_std" (the mean and the standard deviation of each channel over the map, twice as
+      wide: the spread of a channel over the image is what tells, say, two colours apart from
+      their blend, and random features need it most; see `pool`).
   """
 
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -64,6 +68,7 @@ class ResNet(nn.Module):
   region_stage: int = 4  # conv4 = Keras "conv4_block6_out", the paper's conv4_6
   global_stage: int = 5
   multiscale: bool = False
+  global_pool: str = "mean"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -87,13 +92,25 @@ class ResNet(nn.Module):
                        name=f"conv{stage}_block{block}")(x)
       maps[stage] = x.astype(jnp.float32)
     if not self.multiscale:
-      return {"global": jnp.mean(maps[self.global_stage], axis=(1, 2)),
+      return {"global": pool(maps[self.global_stage], self.global_pool),
               "regions": maps[self.region_stage]}
     grid = maps[self.region_stage].shape[1:3]
     regions = [_average_down(m, 2 ** (self.region_stage - s), grid)
                for s, m in maps.items() if s <= self.region_stage]
-    pooled = [jnp.mean(m, axis=(1, 2)) for s, m in maps.items() if s <= self.global_stage]
+    pooled = [pool(m, self.global_pool) for s, m in maps.items() if s <= self.global_stage]
     return {"global": jnp.concatenate(pooled, -1), "regions": jnp.concatenate(regions, -1)}
+
+
+GLOBAL_POOLS = ("mean", "mean_std")
+
+
+def pool(x: jax.Array, how: str) -> jax.Array:
+  """[B, H, W, C] -> [B, C] (mean) or [B, 2C] (mean, then standard deviation) over H, W."""
+  mean = jnp.mean(x, axis=(1, 2))
+  if how == "mean":
+    return mean
+  variance = jnp.mean(jnp.square(x - mean[:, None, None, :]), axis=(1, 2))
+  return jnp.concatenate([mean, jnp.sqrt(variance + 1e-6)], -1)
 
 
 def _average_down(x: jax.Array, factor: int, grid: tuple[int, int]) -> jax.Array:
@@ -117,21 +134,29 @@ def resnet_small(dtype: Any = jnp.float32) -> ResNet:
   return ResNet(stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16, dtype=dtype)
 
 
+def resnet_shallow(dtype: Any = jnp.float32) -> ResNet:
+  """ResNet-50's widths with one block per stage (global 2048-d, regions 1024-d at stage 4): a
+  wide random-feature extractor for the frozen demos, where width, not depth, keeps what the
+  pixels show (a random network's features separate more when it has more channels)."""
+  return ResNet(stage_sizes=(1, 1, 1, 1), widths=(64, 128, 256, 512), stem_width=64, dtype=dtype)
+
+
 def resnet_tiny(dtype: Any = jnp.float32) -> ResNet:
   """One block per stage, 1/16 widths: for unit tests."""
   return ResNet(stage_sizes=(1, 1, 1, 1), widths=(4, 8, 16, 32), stem_width=8, dtype=dtype)
 
 
-BACKBONES = {"resnet50": resnet50, "resnet_small": resnet_small, "resnet_tiny": resnet_tiny}
+BACKBONES = {"resnet50": resnet50, "resnet_shallow": resnet_shallow,
+             "resnet_small": resnet_small, "resnet_tiny": resnet_tiny}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def create_backbone(name: str, dtype: str, region_stage: int = 4, global_stage: int = 5,
-                    multiscale: bool = False) -> ResNet:
+                    multiscale: bool = False, global_pool: str = "mean") -> ResNet:
   """The backbone `model.backbone` computing in `model.dtype` (parameters stay float32), whose
   `regions` are the output map of stage `region_stage` (2-5; 4 is the paper's conv4_6) and
   `global` the pooled map of stage `global_stage` (5: the paper's); `multiscale`: the
-  hypercolumns of the stages up to those (see `ResNet`)."""
+  hypercolumns of the stages up to those; `global_pool` "mean" or "mean_std" (see `ResNet`)."""
   if name not in BACKBONES:
     raise ValueError(f"model.backbone={name!r}; choose from {list(BACKBONES)}")
   if dtype not in DTYPES:
@@ -139,8 +164,11 @@ def create_backbone(name: str, dtype: str, region_stage: int = 4, global_stage: 
   for field, stage in (("region_stage", region_stage), ("global_stage", global_stage)):
     if stage not in (2, 3, 4, 5):
       raise ValueError(f"model.{field}={stage!r}; choose from 2, 3, 4, 5")
+  if global_pool not in GLOBAL_POOLS:
+    raise ValueError(f"model.global_pool={global_pool!r}; choose from {list(GLOBAL_POOLS)}")
   return BACKBONES[name](DTYPES[dtype]).clone(region_stage=region_stage,
-                                              global_stage=global_stage, multiscale=multiscale)
+                                              global_stage=global_stage, multiscale=multiscale,
+                                              global_pool=global_pool)
 
 
 def backbone_features(backbone: nn.Module, images: jax.Array, *, train: bool,

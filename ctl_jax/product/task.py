@@ -38,7 +38,8 @@ class ProductTask:
                  "proxy_outfits")
   id_keys = ("anchor_index", "positive_index", "negative_index")
   region_kinds = ()  # the feature cache keeps global vectors only
-  checkpoint_fields = ("model.backbone", "model.embed_dim", "model.style_hidden",
+  checkpoint_fields = ("model.backbone", "model.global_stage", "model.global_pool",
+                       "model.embed_dim", "model.style_hidden",
                        "model.classifier_hidden", "model.freeze_backbone", "loss.name",
                        "optimizer.name")
   selection_metric = "r@10"

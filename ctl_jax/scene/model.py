@@ -151,7 +151,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_categories: int) -
   """The scene model of the `model` config section for `num_categories` categories."""
   c = model_config
   backbone = backbones.create_backbone(c.backbone, c.dtype, c.region_stage, c.global_stage,
-                                       c.multiscale)
+                                       c.multiscale, c.global_pool)
   heads = SceneHeads(num_categories=num_categories, embed_dim=c.embed_dim,
                      global_hidden=c.global_hidden, local_hidden=c.local_hidden,
                      attention_hidden=c.attention_hidden, dropout=c.dropout,

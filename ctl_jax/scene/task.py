@@ -37,9 +37,9 @@ class SceneTask:
   id_keys = ("scene_index", "positive_index", "negative_index")
   region_kinds = ("scenes",)
   checkpoint_fields = ("model.backbone", "model.region_stage", "model.global_stage",
-                       "model.multiscale", "model.embed_dim", "model.global_hidden",
-                       "model.local_hidden", "model.attention_hidden", "model.freeze_backbone",
-                       "optimizer.name")
+                       "model.multiscale", "model.global_pool", "model.embed_dim",
+                       "model.global_hidden", "model.local_hidden", "model.attention_hidden",
+                       "model.freeze_backbone", "optimizer.name")
   selection_metric = "hr@10"
 
   def load_data(self, config: ml_collections.ConfigDict) -> SceneDataset:

@@ -57,7 +57,8 @@ def cache_root(config: ml_collections.ConfigDict, workdir: str, state: TrainStat
                  "normalization": config.input.normalization, "dtype": config.model.dtype,
                  "region_stage": config.model.get("region_stage", 4),
                  "global_stage": config.model.get("global_stage", 5),
-                 "multiscale": config.model.get("multiscale", False)}
+                 "multiscale": config.model.get("multiscale", False),
+                 "global_pool": config.model.get("global_pool", "mean")}
   keys = {kind: items[kind][0] for kind in items}
   fp = feature_cache.fingerprint(description, keys)
   base = storage.path(config.data.feature_dir or storage.join(workdir, "features"))

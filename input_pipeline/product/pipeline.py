@@ -12,7 +12,14 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import preprocess
-from input_pipeline.batching import Batch, dataset_options, epoch_batches, local_batch_size
+from input_pipeline.batching import (
+  Batch,
+  conform,
+  dataset_options,
+  epoch_batches,
+  local_batch_size,
+  prefetch_in_thread,
+)
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
 from input_pipeline.product.sampler import ProductTripletSampler
@@ -89,7 +96,6 @@ def train_features(sampler: ProductTripletSampler, cache: FeatureCache, item_row
     for rows in _index_batches(sampler, global_batch, start_step, process_index, process_count):
       for role in ROLES:
         rows[f"{role}_global"] = cache.gather("items", "global", item_rows[rows[f"{role}_index"]])
-      yield rows
+      yield conform(rows, spec)
 
-  ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
-  return ds.prefetch(prefetch).with_options(dataset_options()).as_numpy_iterator()
+  return prefetch_in_thread(batches(), prefetch)

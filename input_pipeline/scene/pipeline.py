@@ -12,7 +12,14 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import preprocess
-from input_pipeline.batching import Batch, dataset_options, epoch_batches, local_batch_size
+from input_pipeline.batching import (
+  Batch,
+  conform,
+  dataset_options,
+  epoch_batches,
+  local_batch_size,
+  prefetch_in_thread,
+)
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageSource, as_source
 from input_pipeline.scene.sampler import TripletSampler
@@ -99,7 +106,7 @@ def train_features(sampler: TripletSampler, cache: FeatureCache, scene_rows: np.
   def batches():
     for rows in epoch_batches(sampler, global_batch, start_step, process_index, process_count):
       scene = scene_rows[rows["pair_index"]]
-      yield {
+      yield conform({
           "scene_global": cache.gather("scenes", "global", scene),
           "scene_regions": cache.gather("scenes", "regions", scene),
           "positive_global": cache.gather("products", "global",
@@ -108,7 +115,6 @@ def train_features(sampler: TripletSampler, cache: FeatureCache, scene_rows: np.
                                           product_rows[rows["negative_index"]]),
           **{key: rows[key] for key in ("category", "scene_index", "positive_index",
                                         "negative_index", "pair_index", "scene_products")},
-      }
+      }, spec)
 
-  ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
-  return ds.prefetch(prefetch).with_options(dataset_options()).as_numpy_iterator()
+  return prefetch_in_thread(batches(), prefetch)

@@ -36,3 +36,19 @@ def test_stages_and_hypercolumns():
 def test_unknown_stage_is_refused():
   with pytest.raises(ValueError, match="model.region_stage=6"):
     backbones.create_backbone("resnet_tiny", "float32", 6, 5)
+
+
+def test_mean_std_pooling_by_hand():
+  images = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
+  net = backbones.create_backbone("resnet_tiny", "float32", 3, 2, global_pool="mean_std")
+  variables = net.init(jax.random.key(0), images)
+  out = net.apply(variables, images)
+  stage2 = np.asarray(_outputs(2, 2, False, images)["regions"], np.float64)  # same parameters
+  flat = stage2.reshape(2, -1, 16)
+  assert out["global"].shape == (2, 32)
+  np.testing.assert_allclose(out["global"][:, :16], flat.mean(1), rtol=1e-5, atol=1e-6)
+  # The standard deviation, kept off 0 (a dead channel) by an epsilon of 1e-6 on the variance.
+  np.testing.assert_allclose(out["global"][:, 16:], np.sqrt(flat.var(1) + 1e-6), rtol=1e-3,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="model.global_pool='max'"):
+    backbones.create_backbone("resnet_tiny", "float32", 3, 2, global_pool="max")
