@@ -30,14 +30,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # The backbone stage whose output map the local heads l and h see: the paper's conv4_6 (14 x 14
   # at 224 px). At low resolution a later map has few, coarse regions that mix garments.
   config.model.region_stage = 4
-  # The stage whose pooled map is the global vector of f: the paper's last (5).
-  config.model.global_stage = 5
+  # (model.global_stage and model.global_pool, the global vector of f: configs/base.py.)
   # Hypercolumns: `global` and `regions` concatenate every stage up to those two, the early
   # stages' colour and texture next to the late stages' shapes (not in the paper).
   config.model.multiscale = False
-  # The global vector: "mean" pooling (the paper's) or "mean_std", the mean and the standard
-  # deviation of each channel over the map (for random-feature backbones; see nn/backbones.py).
-  config.model.global_pool = "mean"
   config.model.global_hidden = 256  # head f
   config.model.local_hidden = 256  # head l
   config.model.attention_hidden = 128  # head h

@@ -41,10 +41,6 @@ def get_config(variant: str = ""):
 
   # The paper trains the style extractor and classifier on top of a pretrained CNN, end to end.
   config.model.freeze_backbone = False
-  # The backbone vector the heads read: the pooled map of stage `global_stage` (5: the network's
-  # output, as in the paper), "mean" pooled or "mean_std" (see configs/default.py).
-  config.model.global_stage = 5
-  config.model.global_pool = "mean"
   config.model.embed_dim = 128
   config.model.style_hidden = 512
   config.model.classifier_hidden = 512

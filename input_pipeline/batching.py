@@ -12,9 +12,8 @@ number of batches and the padding is masked out.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -60,37 +59,38 @@ def epoch_batches(sampler: EpochSampler, global_batch: int, start_step: int,
     epoch, step = epoch + 1, 0
 
 
-def conform(batch: Batch, spec: dict[str, tf.TensorSpec]) -> Batch:
-  """The arrays of `spec`'s keys in its dtypes, as tf.data's `from_generator` would give them."""
-  out = {}
-  for key, s in spec.items():
-    out[key] = np.asarray(batch[key], s.dtype.as_numpy_dtype)
-    if not s.shape.is_compatible_with(out[key].shape):
-      raise ValueError(f"batch field {key!r} has shape {out[key].shape}, expected {s.shape}")
-  return out
+class StoppableBatches:
+  """A numpy iterator over a tf.data pipeline fed by a Python generator, that can be ended.
 
-
-def prefetch_in_thread(batches: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
-  """`batches`, computed `size` ahead by one background thread.
-
-  For the feature-cache pipelines, whose batches are numpy gathers (pread releases the GIL):
-  tf.data's `from_generator` + `prefetch` did the same, but dropping its iterator at the end of
-  training waited up to a minute for its worker threads. Here closing the iterator (or
-  dropping it) cancels the batches not started and waits only for the one being computed.
+  Dropping a `from_generator` pipeline's iterator while its prefetch thread is inside the
+  generator made the destructor wait for that thread (1 to 60 s at the end of every training
+  run). `close()` tells the generator to return, drains the few prefetched batches and leaves an
+  exhausted iterator, whose destructor has nothing to wait for.
   """
-  done = object()
-  pull = lambda: next(batches, done)
-  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-    ahead = collections.deque(pool.submit(pull) for _ in range(max(size, 1)))
-    try:
-      while True:
-        batch = ahead.popleft().result()
-        if batch is done:
+
+  def __init__(self, make_batches: Callable[[], Iterator[Batch]],
+               spec: dict[str, tf.TensorSpec], prefetch: int):
+    self._stop = threading.Event()
+
+    def batches():
+      for batch in make_batches():
+        if self._stop.is_set():
           return
-        ahead.append(pool.submit(pull))
         yield batch
-    finally:
-      pool.shutdown(cancel_futures=True)
+
+    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    self._it = ds.prefetch(prefetch).with_options(dataset_options()).as_numpy_iterator()
+
+  def __iter__(self) -> StoppableBatches:
+    return self
+
+  def __next__(self) -> Batch:
+    return next(self._it)
+
+  def close(self) -> None:
+    self._stop.set()
+    for _ in self._it:
+      pass
 
 
 def dataset_options() -> tf.data.Options:

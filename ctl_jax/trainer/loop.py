@@ -306,6 +306,8 @@ def train(run: Run, stop_after_step: int | None = None) -> TrainState:
           run.stopped_by = stop_requests.signal_name
           break
   finally:
+    if hasattr(host_batches, "close"):  # ends a tf.data pipeline's threads now (StoppableBatches)
+      host_batches.close()
     run.checkpointer.wait()  # the last good checkpoint is complete on disk, whatever happened
     run.best.wait()
     report.close()

@@ -14,11 +14,10 @@ import tensorflow as tf
 from input_pipeline import preprocess
 from input_pipeline.batching import (
   Batch,
-  conform,
+  StoppableBatches,
   dataset_options,
   epoch_batches,
   local_batch_size,
-  prefetch_in_thread,
 )
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageRows
@@ -96,6 +95,6 @@ def train_features(sampler: ProductTripletSampler, cache: FeatureCache, item_row
     for rows in _index_batches(sampler, global_batch, start_step, process_index, process_count):
       for role in ROLES:
         rows[f"{role}_global"] = cache.gather("items", "global", item_rows[rows[f"{role}_index"]])
-      yield conform(rows, spec)
+      yield rows
 
-  return prefetch_in_thread(batches(), prefetch)
+  return StoppableBatches(batches, spec, prefetch)

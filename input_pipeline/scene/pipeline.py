@@ -14,11 +14,10 @@ import tensorflow as tf
 from input_pipeline import preprocess
 from input_pipeline.batching import (
   Batch,
-  conform,
+  StoppableBatches,
   dataset_options,
   epoch_batches,
   local_batch_size,
-  prefetch_in_thread,
 )
 from input_pipeline.feature_cache import FeatureCache
 from input_pipeline.image_source import ImageSource, as_source
@@ -106,7 +105,7 @@ def train_features(sampler: TripletSampler, cache: FeatureCache, scene_rows: np.
   def batches():
     for rows in epoch_batches(sampler, global_batch, start_step, process_index, process_count):
       scene = scene_rows[rows["pair_index"]]
-      yield conform({
+      yield {
           "scene_global": cache.gather("scenes", "global", scene),
           "scene_regions": cache.gather("scenes", "regions", scene),
           "positive_global": cache.gather("products", "global",
@@ -115,6 +114,6 @@ def train_features(sampler: TripletSampler, cache: FeatureCache, scene_rows: np.
                                           product_rows[rows["negative_index"]]),
           **{key: rows[key] for key in ("category", "scene_index", "positive_index",
                                         "negative_index", "pair_index", "scene_products")},
-      }, spec)
+      }
 
-  return prefetch_in_thread(batches(), prefetch)
+  return StoppableBatches(batches, spec, prefetch)

@@ -117,34 +117,19 @@ def test_normalizations_by_hand():
                                         (50 / 255 - 0.406) / 0.225], rtol=1e-5)
 
 
-def test_thread_prefetch_keeps_order_ends_and_closes():
+def test_stoppable_batches_keep_order_and_close_early():
   pulled = []
 
-  def numbers(n):
-    for i in range(n):
+  def numbers():
+    for i in range(1000):
       pulled.append(i)
-      yield {"x": np.full(2, i)}
+      yield {"x": np.full(2, i, np.int64)}
 
-  assert [int(b["x"][0]) for b in batching.prefetch_in_thread(numbers(5), 2)] == list(range(5))
-  # Closing early stops pulling: at most `size` batches beyond the ones taken.
-  pulled.clear()
-  it = batching.prefetch_in_thread(numbers(1000), 3)
-  assert [int(next(it)["x"][0]) for _ in range(4)] == [0, 1, 2, 3]
-  it.close()
-  assert len(pulled) <= 4 + 3
-  # An error in the producer reaches the consumer.
-  def broken():
-    yield {"x": np.zeros(2)}
-    raise OSError("disk gone")
-  it = batching.prefetch_in_thread(broken(), 2)
-  next(it)
-  with pytest.raises(OSError, match="disk gone"):
+  spec = {"x": tf.TensorSpec([2], tf.int32)}
+  it = batching.StoppableBatches(numbers, spec, prefetch=2)
+  taken = [next(it) for _ in range(4)]
+  assert [int(b["x"][0]) for b in taken] == [0, 1, 2, 3] and taken[0]["x"].dtype == np.int32
+  it.close()  # the generator returns at its next batch; what was prefetched is drained
+  assert len(pulled) < 12
+  with pytest.raises(StopIteration):
     next(it)
-
-
-def test_conform_casts_like_tf_data_and_checks_shapes():
-  spec = {"a": tf.TensorSpec([2], tf.int32), "b": tf.TensorSpec([2, 3], tf.float16)}
-  out = batching.conform({"a": np.arange(2, dtype=np.int64), "b": np.ones((2, 3)), "c": 1}, spec)
-  assert set(out) == {"a", "b"} and out["a"].dtype == np.int32 and out["b"].dtype == np.float16
-  with pytest.raises(ValueError, match="'b' has shape"):
-    batching.conform({"a": np.arange(2), "b": np.ones((2, 4))}, spec)
