@@ -6,10 +6,11 @@ A diagnostic, not a model: it uses the labels the trainer never sees (the latent
 generated data folder). From the run's feature cache it fits softmax regressions (L2-regularised,
 on standardised features) of the scene's style from the scene crop's global vector (training
 pairs) and, per category, of a product's style from its global vector (training products only);
-then it ranks each test pair's positive against every other product of its category by the
-agreement of the two read-outs, sum_s P(s | scene) P(s | product). It prints the read-out
-accuracies (test scenes, products no training pair shows) and the auc and hr@10 (among 100) of
-that ranking: a rough ceiling for heads trained on the same features, next to the run's
+then it ranks each test pair's positive against other products of its category by the
+agreement of the two read-outs, sum_s P(s | scene) P(s | product), on exactly the candidates and
+metrics of the run's evaluation (`eval.num_candidates`, `eval.seed`). It prints the read-out
+accuracies (test scenes, products no training pair shows) and the auc and hr@10 of that
+ranking: a rough ceiling for heads trained on the same features, next to the run's
 eval_metrics.json and the oracle. Scene task only.
 """
 
@@ -27,6 +28,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from ctl_jax import oracle  # noqa: E402
+from ctl_jax.scene import evaluation  # noqa: E402
 from input_pipeline import storage  # noqa: E402
 from input_pipeline.feature_cache import FeatureCache  # noqa: E402
 from input_pipeline.scene.dataset import load_scene_dataset  # noqa: E402
@@ -60,25 +63,30 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-2
                                              + params[1]))
 
 
-def probe(config: ml_collections.ConfigDict, cache_dir: str, seed: int = 0) -> dict:
+def probe(config: ml_collections.ConfigDict, cache_dir: str) -> dict:
+  """Read-out accuracies, and the read-outs' ranking metrics on the test split: the same
+  candidates, protocol and metrics as the run's eval_metrics.json (`scene.evaluation`)."""
   data = load_scene_dataset(config.data)
   stl = data.stl
-  latents = json.loads(synthetic_world.latents_path(config.data.root).read_text())
+  latents = oracle.load_latents(config.eval.latents, config.data.root)
+  if latents is None or "scene_style" not in latents:
+    raise SystemExit(f"bench.style_probe: error: no generator latents for {config.data.root} "
+                     f"(generated data only)")
   cache = FeatureCache(cache_dir)
   k = synthetic_world.NUM_STYLES
+  scene_style = oracle.styles(latents["scene_style"], stl.scenes)
 
   def scenes(split):
     pairs = data.split(split)
     x = cache.gather("scenes", "global", cache.rows("scenes", data.scene_keys(pairs)))
-    y = np.array([latents["scene_style"][stl.scenes[stl.pair_scene[p]]] for p in pairs.pairs])
-    return pairs, x.astype(np.float32), y
+    return pairs, x.astype(np.float32), scene_style[stl.pair_scene[pairs.pairs]]
 
   _, x_train, y_train = scenes("train")
   test, x_test, y_test = scenes("test")
   scene_posterior = fit_softmax(x_train, y_train, k)(x_test)
   products = cache.gather("products", "global", cache.rows("products", stl.products))
   products = products.astype(np.float32)
-  style = np.array([latents["product_style"][s] for s in stl.products])
+  style = oracle.styles(latents["product_style"], stl.products)
   category = np.asarray(stl.product_category)
   trained = data.training_products()
   product_posterior = np.full((len(products), k), 1.0 / k)
@@ -89,28 +97,18 @@ def probe(config: ml_collections.ConfigDict, cache_dir: str, seed: int = 0) -> d
       product_posterior[rows] = fit_softmax(products[fit_on], style[fit_on], k)(products[rows])
   unseen_product = np.ones(len(products), bool)
   unseen_product[trained] = False
-  rng = np.random.default_rng(seed)
-  auc, hit, unseen = [], [], []
-  for i, pair in enumerate(test.pairs):
-    positive = stl.pair_product[pair]
-    negatives = np.flatnonzero((category == category[positive])
-                               & (np.arange(len(products)) != positive))
-    if not len(negatives):
-      continue
-    score = product_posterior @ scene_posterior[i]
-    auc.append(np.mean(score[negatives] < score[positive])
-               + 0.5 * np.mean(score[negatives] == score[positive]))
-    drawn = rng.choice(negatives, min(99, len(negatives)), replace=False)
-    hit.append(float(np.sum(score[drawn] >= score[positive]) < 10))
-    unseen.append(unseen_product[positive])
-  auc, hit, unseen = map(np.asarray, (auc, hit, unseen))
-  return {"scene_style_accuracy": float(np.mean(scene_posterior.argmax(1) == y_test)),
-          "unseen_product_style_accuracy": float(np.mean(
-              product_posterior[unseen_product].argmax(1) == style[unseen_product])),
-          "auc": float(auc.mean()), "hr@10": float(hit.mean()),
-          "auc_unseen": float(auc[unseen].mean()) if unseen.any() else float("nan"),
-          "hr@10_unseen": float(hit[unseen].mean()) if unseen.any() else float("nan"),
-          "num_queries": int(len(auc))}
+
+  def agreement_distance(rows, cols):  # a Scorer: lower is better
+    if cols.ndim == 1:
+      return -scene_posterior[rows] @ product_posterior[cols].T
+    return -np.einsum("mk,mck->mc", scene_posterior[rows], product_posterior[cols])
+
+  cands = evaluation.Candidates(data, test, config.eval.num_candidates, config.eval.seed)
+  out = {"scene_style_accuracy": float(np.mean(scene_posterior.argmax(1) == y_test)),
+         "unseen_product_style_accuracy": float(np.mean(
+             product_posterior[unseen_product].argmax(1) == style[unseen_product]))}
+  out.update(evaluation.ranking_metrics(agreement_distance, cands, tuple(config.eval.ks)))
+  return out
 
 
 def main():
@@ -124,7 +122,9 @@ def main():
   if not caches:
     raise SystemExit(f"bench.style_probe: error: no feature cache under {base}")
   out = probe(config, caches[-1])
-  print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
+  shown = ("scene_style_accuracy", "unseen_product_style_accuracy", "auc", "hr@10", "auc_unseen",
+           "hr@10_unseen")
+  print("probe", " ".join(f"{m} {out[m]:.3f}" for m in shown))
   results = storage.path(storage.join(args.workdir, "eval_metrics.json"))
   if results.exists():
     run = json.loads(results.read_text())

@@ -121,10 +121,10 @@ def create_model(model_config: ml_collections.ConfigDict, num_categories: int,
                  num_proxies: int = 0) -> ProductModel:
   """The product model of the `model` config section (with `num_proxies` outfit proxies)."""
   # No region map: the backbone stops at the global vector's stage.
-  stage = model_config.get("global_stage", 5)
+  stage = model_config.global_stage
   backbone = backbones.create_backbone(model_config.backbone, model_config.dtype,
                                        region_stage=stage, global_stage=stage,
-                                       global_pool=model_config.get("global_pool", "mean"))
+                                       global_pool=model_config.global_pool)
   return ProductModel(backbone=backbone,
                       num_categories=num_categories, embed_dim=model_config.embed_dim,
                       style_hidden=model_config.style_hidden,
