@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ctl_jax.nn import backbones
+from ctl_jax.nn import backbones, example_major
 from ctl_jax.nn.heads import ProjectionHead
 
 ROLES = ("anchor", "positive", "negative")
@@ -81,11 +81,11 @@ class ProductModel(nn.Module):
     """Anchor, positive [B, G] and negative [B, N, G] backbone vectors (images or cache)."""
     if "anchor_global" in batch:
       return tuple(batch[f"{r}_global"].astype(jnp.float32) for r in ROLES)
-    b, n = batch["negative"].shape[:2]
-    images = jnp.concatenate([batch["anchor"], batch["positive"],
-                              batch["negative"].reshape((b * n,) + batch["negative"].shape[2:])])
-    glob = self.features(images, train)["global"]
-    return glob[:b], glob[b:2 * b], glob[2 * b:].reshape(b, n, -1)
+    n = batch["negative"].shape[1]
+    images = example_major.merge([batch["anchor"][:, None], batch["positive"][:, None],
+                                  batch["negative"]])
+    a, p, neg = example_major.split(self.features(images, train)["global"], (1, 1, n))
+    return a[:, 0], p[:, 0], neg
 
   def __call__(self, batch: dict[str, jax.Array], train: bool = False) -> dict:
     """Style embeddings and logits of every item of the batch's tuples.
@@ -95,15 +95,16 @@ class ProductModel(nn.Module):
       with '_logits' ([.., C]), and 'proxies' [B, 1 + K, D] when the batch has `proxy_outfits`.
     """
     a, p, neg = self._tuple_features(batch, train)
-    b, n = neg.shape[:2]
+    n = neg.shape[1]
     # One call of the heads over all items: BatchNorm normalises one population, as at inference.
-    out = self.heads(jnp.concatenate([a, p, neg.reshape(b * n, -1)]), train)
+    # Example-major order keeps each device's items local (example_major.py).
+    out = self.heads(example_major.merge([a[:, None], p[:, None], neg]), train)
     result = {}
     for key, suffix in (("style", ""), ("logits", "_logits")):
-      v = out[key]
-      result["anchor" + suffix] = v[:b]
-      result["positive" + suffix] = v[b:2 * b]
-      result["negative" + suffix] = v[2 * b:].reshape(b, n, -1)
+      anchor, positive, negative = example_major.split(out[key], (1, 1, n))
+      result["anchor" + suffix] = anchor[:, 0]
+      result["positive" + suffix] = positive[:, 0]
+      result["negative" + suffix] = negative
     if "proxy_outfits" in batch:
       result["proxies"] = jnp.take(self.proxies, batch["proxy_outfits"], axis=0)
     return result

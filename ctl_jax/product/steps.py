@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ctl_jax.nn import losses
+from ctl_jax.nn import example_major, losses
 from ctl_jax.nn.losses import squared_l2
 from ctl_jax.product import losses as product_losses
 from ctl_jax.product.model import ProductModel
@@ -30,8 +30,8 @@ def _contrastive(out, d_pos, d_neg, settings):
 
 def _proxy(out, d_pos, d_neg, settings):
   # Anchor and positive belong to the same outfit: both are classified into its proxy.
-  x = jnp.concatenate([out["anchor"], out["positive"]])
-  proxies = jnp.concatenate([out["proxies"], out["proxies"]])
+  x = example_major.merge([out["anchor"][:, None], out["positive"][:, None]])
+  proxies = example_major.merge([out["proxies"][:, None], out["proxies"][:, None]])
   return product_losses.sampled_proxy_softmax(x, proxies, settings["temperature"])
 
 
@@ -53,10 +53,11 @@ def product_loss(params: Any, state: TrainState, batch: dict, *, model: ProductM
   d_pos = squared_l2(out["anchor"], out["positive"])
   d_neg = squared_l2(out["anchor"][:, None, :], out["negative"])
   style = STYLE_LOSSES[loss_name](out, d_pos, d_neg, settings)
-  logits = jnp.concatenate([out["anchor_logits"], out["positive_logits"],
-                            out["negative_logits"].reshape(-1, out["anchor_logits"].shape[-1])])
-  labels = jnp.concatenate([batch["anchor_category"], batch["positive_category"],
-                            batch["negative_category"].reshape(-1)])
+  # Example-major, like the model's items: role-major order would reshard the batch.
+  logits = example_major.merge([out["anchor_logits"][:, None], out["positive_logits"][:, None],
+                                out["negative_logits"]])
+  labels = example_major.merge([batch["anchor_category"][:, None],
+                                batch["positive_category"][:, None], batch["negative_category"]])
   category = product_losses.categorical_cross_entropy(logits, labels)
   loss = style + category_weight * category
   aux = {"style_loss": style, "category_loss": category,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ctl_jax.nn import backbones
+from ctl_jax.nn import backbones, example_major
 from ctl_jax.nn.heads import ProjectionHead, l2_normalize
 from ctl_jax.scene import distances
 
@@ -86,12 +86,13 @@ class SceneModel(nn.Module):
       f32 = lambda k: jax.lax.optimization_barrier(batch[k].astype(jnp.float32))
       return (f32("scene_global"), f32("scene_regions"), f32("positive_global"),
               f32("negative_global"))
-    scene, positive, negative = batch["scene"], batch["positive"], batch["negative"]
-    b, n = negative.shape[:2]
-    images = jnp.concatenate([scene, positive, negative.reshape((b * n,) + negative.shape[2:])])
+    n = batch["negative"].shape[1]
+    images = example_major.merge([batch["scene"][:, None], batch["positive"][:, None],
+                                  batch["negative"]])
     feats = self.features(images, train)
-    glob = feats["global"]
-    return glob[:b], feats["regions"][:b], glob[b:2 * b], glob[2 * b:].reshape(b, n, -1)
+    scene_g, pos_g, neg_g = example_major.split(feats["global"], (1, 1, n))
+    regions = example_major.split(feats["regions"], (1, 1 + n))[0]
+    return scene_g[:, 0], regions[:, 0], pos_g[:, 0], neg_g
 
   def __call__(self, batch: dict[str, jax.Array],
                train: bool = False) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
@@ -103,12 +104,13 @@ class SceneModel(nn.Module):
       [B, N, D] product embeddings.
     """
     scene_g, regions, pos_g, neg_g = self._triplet_features(batch, train)
-    b, n = neg_g.shape[:2]
+    n = neg_g.shape[1]
     # One call of the shared global head over scenes and products: its BatchNorm sees one
     # batch in training, the same population its running statistics describe at inference.
-    emb = self.heads.embed_global(jnp.concatenate([scene_g, pos_g, neg_g.reshape(b * n, -1)]),
-                                  train)
-    f_s, f_pos, f_neg = emb[:b], emb[b:2 * b], emb[2 * b:].reshape(b, n, -1)
+    emb = self.heads.embed_global(
+        example_major.merge([scene_g[:, None], pos_g[:, None], neg_g]), train)
+    f_s, f_pos, f_neg = example_major.split(emb, (1, 1, n))
+    f_s, f_pos = f_s[:, 0], f_pos[:, 0]
     f_i, fhat_i = self.heads.embed_regions(regions, train)
     e_c = self.heads.embed_category(batch["category"])
     weights = distances.attention_weights(fhat_i, e_c)
