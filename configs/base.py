@@ -60,8 +60,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.embed_dim = 128
   config.model.dropout = 0.1
   # The global vector: the stage whose map is pooled (5: the network's output, as in both
-  # papers) and how: "mean" (the papers' average pooling) or "mean_std", each channel's mean and
-  # standard deviation over the map (for random-feature backbones; see nn/backbones.py).
+  # papers) and how: "mean" (the papers' average pooling), "mean_std" (each channel's mean and
+  # standard deviation over the map) or "mean_std_2x2" (those of the map and of each quadrant);
+  # the last two are for random-feature backbones, see nn/backbones.py.
   config.model.global_stage = 5
   config.model.global_pool = "mean"
   config.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators, params stay f32

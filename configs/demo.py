@@ -50,12 +50,13 @@ def get_config(variant: str = ""):
   # not its depth, so the demo's is ResNet-50's widths with one block per stage. Random features
   # keep colour and texture in the early stages and mix them away later: the global vector is
   # stage 2 pooled to its channels' mean and standard deviation (the spread tells garments'
-  # colours apart from their blend), the regions stage 3 (8 x 8 at 64 px). See the README's
-  # ablation table ("Learning style on unseen products").
+  # colours apart from their blend), over the whole image and over each quadrant (a spatial
+  # pyramid: which colour is where, a top's above the trousers'), the regions stage 3 (8 x 8 at
+  # 64 px). See the README's ablation table ("Learning style on unseen products").
   config.model.backbone = "resnet_shallow"
   config.model.freeze_backbone = True
   config.model.global_stage = 2
-  config.model.global_pool = "mean_std"
+  config.model.global_pool = "mean_std_2x2"
   config.model.region_stage = 3
   config.model.global_hidden = 128
   config.model.local_hidden = 128

@@ -59,7 +59,9 @@ class ResNet(nn.Module):
     global_pool: how a map becomes the global vector: "mean" (the papers' average pooling) or
       "mean_std" (the mean and the standard deviation of each channel over the map, twice as
       wide: the spread of a channel over the image is what tells, say, two colours apart from
-      their blend, and random features need it most; see `pool`).
+      their blend, and random features need it most) or "mean_std_2x2" (those statistics of
+      the whole map and of each quadrant, five times as wide: where each colour is, say a top's
+      above the trousers'); see `pool`.
   """
 
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -101,16 +103,32 @@ class ResNet(nn.Module):
     return {"global": jnp.concatenate(pooled, -1), "regions": jnp.concatenate(regions, -1)}
 
 
-GLOBAL_POOLS = ("mean", "mean_std")
+GLOBAL_POOLS = ("mean", "mean_std", "mean_std_2x2", "mean_std_4x4")
 
 
 def pool(x: jax.Array, how: str) -> jax.Array:
-  """[B, H, W, C] -> [B, C] (mean) or [B, 2C] (mean, then standard deviation) over H, W."""
+  """[B, H, W, C] -> the global vector of a map.
+
+  "mean": [B, C], the papers' average pooling. "mean_std": [B, 2C], each channel's mean, then
+  its standard deviation over H, W. "mean_std_2x2": [B, 10C], a spatial pyramid (Lazebnik et al.
+  2006) of those statistics: the whole map, then each quadrant (row-major), so the vector also
+  says where in the image each colour and texture is (a top's colour above the trousers').
+  """
   mean = jnp.mean(x, axis=(1, 2))
   if how == "mean":
     return mean
+  if how in ("mean_std_2x2", "mean_std_4x4"):
+    levels = (1, 2) if how == "mean_std_2x2" else (1, 2, 4)
+    return jnp.concatenate([pool(cell, "mean_std") for n in levels for cell in _cells(x, n)], -1)
   variance = jnp.mean(jnp.square(x - mean[:, None, None, :]), axis=(1, 2))
   return jnp.concatenate([mean, jnp.sqrt(variance + 1e-6)], -1)
+
+
+def _cells(x: jax.Array, n: int) -> list[jax.Array]:
+  """The n x n cells of [B, H, W, C], row-major (the last row and column take any remainder)."""
+  rows = [i * x.shape[1] // n for i in range(n + 1)]
+  cols = [j * x.shape[2] // n for j in range(n + 1)]
+  return [x[:, rows[i]:rows[i + 1], cols[j]:cols[j + 1]] for i in range(n) for j in range(n)]
 
 
 def _average_down(x: jax.Array, factor: int, grid: tuple[int, int]) -> jax.Array:
@@ -156,7 +174,7 @@ def create_backbone(name: str, dtype: str, region_stage: int = 4, global_stage: 
   """The backbone `model.backbone` computing in `model.dtype` (parameters stay float32), whose
   `regions` are the output map of stage `region_stage` (2-5; 4 is the paper's conv4_6) and
   `global` the pooled map of stage `global_stage` (5: the paper's); `multiscale`: the
-  hypercolumns of the stages up to those; `global_pool` "mean" or "mean_std" (see `ResNet`)."""
+  hypercolumns of the stages up to those; `global_pool` one of GLOBAL_POOLS (see `ResNet`)."""
   if name not in BACKBONES:
     raise ValueError(f"model.backbone={name!r}; choose from {list(BACKBONES)}")
   if dtype not in DTYPES:

@@ -52,3 +52,19 @@ def test_mean_std_pooling_by_hand():
                              atol=1e-5)
   with pytest.raises(ValueError, match="model.global_pool='max'"):
     backbones.create_backbone("resnet_tiny", "float32", 3, 2, global_pool="max")
+
+
+def test_spatial_pyramid_pooling_by_hand():
+  # A 4 x 4 map of 1 channel: the whole map, then its quadrants (row-major), mean then std each.
+  x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+  out = np.asarray(backbones.pool(jnp.asarray(x), "mean_std_2x2"))
+  assert out.shape == (1, 10)
+  quadrants = [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+  want = [7.5, np.sqrt(np.var(np.arange(16)) + 1e-6)]
+  for q in quadrants:
+    want += [np.mean(q), np.sqrt(np.var(q) + 1e-6)]  # each quadrant: var 4.25, wherever it is
+  np.testing.assert_allclose(out[0], want, rtol=1e-5)
+  # Where things are changes the vector; the whole map's statistics alone cannot tell.
+  flipped = np.asarray(backbones.pool(jnp.asarray(x[:, ::-1]), "mean_std_2x2"))
+  np.testing.assert_allclose(flipped[0, :2], out[0, :2], rtol=1e-5)
+  assert not np.allclose(flipped[0, 2:], out[0, 2:])
