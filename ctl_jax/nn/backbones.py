@@ -113,6 +113,7 @@ def pool(x: jax.Array, how: str) -> jax.Array:
   its standard deviation over H, W. "mean_std_2x2": [B, 10C], a spatial pyramid (Lazebnik et al.
   2006) of those statistics: the whole map, then each quadrant (row-major), so the vector also
   says where in the image each colour and texture is (a top's colour above the trousers').
+  "mean_std_4x4": [B, 42C], the same pyramid with a third level of 4 x 4 cells.
   """
   mean = jnp.mean(x, axis=(1, 2))
   if how == "mean":
