@@ -180,8 +180,11 @@ def test_train_kill_resume_evaluate_export_recommend_all_on_gcs(emulator, stl_ro
     assert storage.exists(storage.join(workdir, name)), name
   assert fs.find(f"{BUCKET}/run/tensorboard"), "TensorBoard event files"
   assert fs.find(f"{BUCKET}/run/checkpoints"), "orbax checkpoints"
+  # Export ranks with the state evaluate reports: the best validated one (eval.checkpoint).
+  evaluated_step = json.loads(storage.read_text(storage.join(workdir, "eval_metrics.json")))["step"]
+  assert 0 <= evaluated_step <= steps
   assert json.loads(storage.read_text(storage.join(workdir, "export", "manifest.json")))[
-      "model_step"] == steps
+      "model_step"] == evaluated_step
 
   # The same run on the local disk, never killed: the same losses at every step, the same
   # evaluation.
