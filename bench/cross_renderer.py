@@ -6,8 +6,10 @@ with a style rule of its own.
 
 Why: the project's generator (`input_pipeline/tools/`) and the demo recipe were tuned together, so
 a recipe that scores well on it may have learnt that generator's quirks rather than "what goes
-with a scene". This module shares no code with it (numpy and PIL only): other drawing, another
-layout and another colour rule, to check that the recipe learns a style rule it was never tuned on.
+with a scene". This module shares none of its drawing, layout or style code: other drawing,
+real CTL layouts and another colour rule, to check that the recipe learns a style rule it was
+never tuned on. Only the file conventions are shared (the published CTL triplet and FITB sampling
+of `synthetic_ctl`, the latents file of `synthetic_world`).
 
 What it renders:
 - Outfits: `--outfits N` real outfits of the published CTL raw test file (5 items with their
@@ -65,6 +67,8 @@ from PIL import Image, ImageDraw
 
 from input_pipeline.readers import ctl
 from input_pipeline.splits import is_test_signature
+from input_pipeline.tools.synthetic_ctl import CTL_HEADER, fitb_questions, sample_triplets
+from input_pipeline.tools.synthetic_world import add_latents, latents_path
 
 # The published CTL raw test file, a copy of which the test suite keeps.
 DEFAULT_CTL_RAW = str(Path(__file__).resolve().parents[1] / "tests" / "input_pipeline" / "data"
@@ -81,8 +85,6 @@ SUPERSAMPLE = 3  # masks are drawn this much larger, then reduced (antialiased e
 FORMATS = ("stl", "ctl", "both")
 CTL_TEST_FRACTION = 0.2
 # The published raw file's header: runs of spaces (its rows are tab-separated).
-CTL_HEADER = "image_signature bounding_x  bounding_y  bounding_width  bounding_height label"
-assert tuple(CTL_HEADER.split()) == ctl.RAW_COLUMNS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,11 +364,6 @@ def _render_outfit(args: tuple[Outfit, int, str, bool]) -> int:
   return outfit.index
 
 
-def latents_path(out: str | os.PathLike) -> Path:
-  out = Path(out)
-  return out.parent / f"{out.name}.latents.json"
-
-
 def _rule() -> str:
   return (f"complementary colours: outfit base hue h ~ U[0,1); group A labels get hue h, "
           f"group B labels hue h+0.5 (mod 1), each +-{HUE_JITTER} jitter; saturation and "
@@ -407,7 +404,7 @@ def write_cross_dataset(out: str | os.PathLike, num_outfits: int, seed: int,
     latents.update(_stl_latents(outfits))
   summaries["ctl"], ctl_latents = _write_ctl(out, outfits, seed, ctl_raw, test_fraction)
   latents.update(ctl_latents)
-  _add_latents(latents_path(out), latents)
+  add_latents(latents_path(out), latents)
   return summaries["ctl"] if fmt == "ctl" else summaries
 
 
@@ -417,13 +414,6 @@ def _stl_latents(outfits: list[Outfit]) -> dict:
     "scene_style": {o.signature: o.style for o in outfits},
     "scene_hue": {o.signature: round(o.hue, 6) for o in outfits},
   }
-
-
-def _add_latents(path: Path, fields: dict) -> None:
-  """Adds `fields` to the latents file at `path`, keeping the other keys already there."""
-  latents = json.loads(path.read_text()) if path.exists() else {}
-  latents.update(fields)
-  path.write_text(json.dumps(latents))
 
 
 def _write_stl(out: Path, outfits: list[Outfit], seed: int, ctl_raw: str | os.PathLike,
@@ -471,56 +461,6 @@ def _item_fields(it: tuple) -> list[str]:
   return [it[0], *map(_fmt, it[1]), it[2]]
 
 
-def _group(items: list[tuple]) -> tuple[dict[str, list[tuple]], dict[str, list[tuple]]]:
-  """The items of each outfit and of each label, in file order."""
-  by_outfit: dict[str, list[tuple]] = {}
-  by_label: dict[str, list[tuple]] = {}
-  for it in items:
-    by_outfit.setdefault(it[0], []).append(it)
-    by_label.setdefault(it[2], []).append(it)
-  return by_outfit, by_label
-
-
-def ctl_triplets(items: list[tuple], rng: np.random.Generator) -> list[tuple[tuple, ...]]:
-  """(anchor, positive, negative) for every ordered pair of an outfit's items of different
-  labels; the negative, drawn uniformly from the items of the positive's label, comes from
-  another outfit (up to 100 draws, else the pair is skipped)."""
-  by_outfit, by_label = _group(items)
-  triplets = []
-  for sig, members in by_outfit.items():
-    for anchor in members:
-      for positive in members:
-        if positive[2] == anchor[2]:
-          continue
-        pool = by_label[positive[2]]
-        for _ in range(100):
-          negative = pool[int(rng.integers(len(pool)))]
-          if negative[0] != sig:
-            triplets.append((anchor, positive, negative))
-            break
-  return triplets
-
-
-def ctl_fitb(items: list[tuple], rng: np.random.Generator) -> list[dict]:
-  """One question per outfit of 3+ items: one item, drawn uniformly, hidden among 3 distinct
-  items of its label from other outfits (skipped when there are fewer), the correct answer
-  first; the published JSON shape, values as strings."""
-  by_outfit, by_label = _group(items)
-  as_json = lambda it: dict(zip(ctl.ITEM_FIELDS, _item_fields(it)))
-  questions = []
-  for sig, members in by_outfit.items():
-    if len(members) < 3:
-      continue
-    hidden = int(rng.integers(len(members)))
-    others = [it for it in by_label[members[hidden][2]] if it[0] != sig]
-    if len(others) < 3:
-      continue
-    wrong = [others[i] for i in rng.choice(len(others), 3, replace=False)]
-    questions.append({"question": [as_json(it) for k, it in enumerate(members) if k != hidden],
-                      "answers": [as_json(members[hidden])] + [as_json(it) for it in wrong]})
-  return questions
-
-
 def _write_ctl(out: Path, outfits: list[Outfit], seed: int, ctl_raw: str | os.PathLike,
                test_fraction: float) -> tuple[dict, dict]:
   """raw_{train,test}.tsv, triplet_{train,test}.tsv, fitb_eval.json and ctl_generator.json of the
@@ -542,12 +482,12 @@ def _write_ctl(out: Path, outfits: list[Outfit], seed: int, ctl_raw: str | os.Pa
       f.write(CTL_HEADER + "\n")
       for it in items:
         f.write("\t".join(_item_fields(it)) + "\n")
-    triplets = ctl_triplets(items, rng)
+    triplets = list(sample_triplets(items, rng))
     num_triplets[split] = len(triplets)
     with open(out / f"triplet_{split}.tsv", "w") as f:
       for triplet in triplets:
         f.write("\t".join(field for it in triplet for field in _item_fields(it)) + "\n")
-  questions = ctl_fitb(split_items["test"], rng)
+  questions = fitb_questions(split_items["test"], rng)
   with open(out / "fitb_eval.json", "w") as f:
     json.dump(questions, f, indent=1)
   group_a, group_b = label_groups(seed)

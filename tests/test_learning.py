@@ -16,16 +16,20 @@ from ctl_jax.trainer import loop
 from input_pipeline.tools import synthetic_ctl, synthetic_stl
 
 
+def _train_briefly(config, root, workdir) -> dict:
+  """600 steps of `config` on `root`, validated every 150; the held-out results."""
+  config.data.root = str(root)
+  config.train.num_steps = 600
+  config.eval.every_steps = 150
+  return loop.train_and_evaluate(config, str(workdir))
+
+
 @pytest.mark.slow
 def test_demo_config_learns_style_on_unseen_products(tmp_path, optimized_compilation):
   root = tmp_path / "data"
   # Not the README's seed; every product in one scene.
   synthetic_stl.write_stl_dataset(root, num_scenes=1000, seed=1, reuse=1.0)
-  config = demo.get_config()
-  config.data.root = str(root)
-  config.train.num_steps = 600
-  config.eval.every_steps = 150
-  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  results = _train_briefly(demo.get_config(), root, tmp_path / "run")
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
   for key in ("auc", "hr@10", "auc_unseen", "hr@10_unseen", "category_hr@10", "protocol"):
@@ -47,11 +51,8 @@ def test_product_demo_config_learns_style_on_unseen_products(tmp_path, optimized
   # Not the README's seed; every product in one outfit.
   synthetic_ctl.write_ctl_dataset(root, num_outfits=1000, seed=1, image_size=128, reuse=1.0)
   config = product_demo.get_config()
-  config.data.root = str(root)
-  config.train.num_steps = 600
-  config.eval.every_steps = 150
   config.eval.popularity_train_items = 300
-  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  results = _train_briefly(config, root, tmp_path / "run")
 
   saved = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
   for key in ("r@1", "r@10", "fitb", "r@10_unseen", "fitb_unseen", "category_accuracy"):
@@ -73,11 +74,7 @@ def test_demo_configs_learn_a_rule_they_were_not_tuned_on(tmp_path, optimized_co
   root = tmp_path / "cross"
   cross_renderer.write_cross_dataset(root, num_outfits=400, seed=7, fmt="both", workers=1)
 
-  scene = demo.get_config()
-  scene.data.root = str(root)
-  scene.train.num_steps = 600
-  scene.eval.every_steps = 150
-  results = loop.train_and_evaluate(scene, str(tmp_path / "scene"))
+  results = _train_briefly(demo.get_config(), root, tmp_path / "scene")
   base = results["baselines"]
   assert results["num_unseen"] == results["num_queries"]
   assert results["auc_unseen"] > base["untrained"]["auc"] + 0.2, results
@@ -85,11 +82,8 @@ def test_demo_configs_learn_a_rule_they_were_not_tuned_on(tmp_path, optimized_co
   assert results["hr@10_unseen"] > 0.5 * base["oracle"]["hr@10"], results
 
   product = product_demo.get_config()
-  product.data.root = str(root)
-  product.train.num_steps = 600
-  product.eval.every_steps = 150
   product.eval.popularity_train_items = 100
-  results = loop.train_and_evaluate(product, str(tmp_path / "product"))
+  results = _train_briefly(product, root, tmp_path / "product")
   base = results["baselines"]
   assert results["num_unseen_queries"] == results["num_queries"]
   assert results["r@10_unseen"] > base["untrained"]["r@10"] + 0.15, results

@@ -103,7 +103,9 @@ class ResNet(nn.Module):
     return {"global": jnp.concatenate(pooled, -1), "regions": jnp.concatenate(regions, -1)}
 
 
-GLOBAL_POOLS = ("mean", "mean_std", "mean_std_2x2", "mean_std_4x4")
+# Spatial pyramids: the cells per side of each level.
+PYRAMID_LEVELS = {"mean_std_2x2": (1, 2), "mean_std_4x4": (1, 2, 4)}
+GLOBAL_POOLS = ("mean", "mean_std", *PYRAMID_LEVELS)
 
 
 def pool(x: jax.Array, how: str) -> jax.Array:
@@ -115,12 +117,12 @@ def pool(x: jax.Array, how: str) -> jax.Array:
   says where in the image each colour and texture is (a top's colour above the trousers').
   "mean_std_4x4": [B, 42C], the same pyramid with a third level of 4 x 4 cells.
   """
+  if how in PYRAMID_LEVELS:
+    return jnp.concatenate([pool(cell, "mean_std") for n in PYRAMID_LEVELS[how]
+                            for cell in _cells(x, n)], -1)
   mean = jnp.mean(x, axis=(1, 2))
   if how == "mean":
     return mean
-  if how in ("mean_std_2x2", "mean_std_4x4"):
-    levels = (1, 2) if how == "mean_std_2x2" else (1, 2, 4)
-    return jnp.concatenate([pool(cell, "mean_std") for n in levels for cell in _cells(x, n)], -1)
   variance = jnp.mean(jnp.square(x - mean[:, None, None, :]), axis=(1, 2))
   return jnp.concatenate([mean, jnp.sqrt(variance + 1e-6)], -1)
 

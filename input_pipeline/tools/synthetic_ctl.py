@@ -143,11 +143,11 @@ def write_ctl_dataset(out: str | os.PathLike, num_outfits: int, seed: int,
       for sig, box, label in items:
         f.write("\t".join([sig, *map(_fmt, box), label]) + "\n")
     with open(out / f"triplet_{split}.tsv", "w") as f:
-      for anchor, positive, negative in _sample_triplets(items, rng):
+      for anchor, positive, negative in sample_triplets(items, rng):
         f.write("\t".join(field for it in (anchor, positive, negative)
                           for field in (it[0], *map(_fmt, it[1]), it[2])) + "\n")
   with open(out / "fitb_eval.json", "w") as f:
-    json.dump(_fitb_questions(split_items["test"], rng), f, indent=1)
+    json.dump(fitb_questions(split_items["test"], rng), f, indent=1)
   sizes = np.bincount([len(o.items) for o in outfits])
   summary = {"format": "ctl", "seed": seed, "outfits": len(outfits), "products": len(products),
              "items": {k: len(v) for k, v in split_items.items()},
@@ -169,7 +169,7 @@ def _by_outfit_and_category(items):
   return by_outfit, by_category
 
 
-def _sample_triplets(items, rng: np.random.Generator):
+def sample_triplets(items, rng: np.random.Generator):
   """(anchor, positive, negative) for every ordered pair of an outfit's items of different
   categories; the negative shares the positive's category and comes from another outfit."""
   by_outfit, by_category = _by_outfit_and_category(items)
@@ -186,7 +186,7 @@ def _sample_triplets(items, rng: np.random.Generator):
             break
 
 
-def _fitb_questions(items, rng: np.random.Generator) -> list[dict]:
+def fitb_questions(items, rng: np.random.Generator) -> list[dict]:
   """One question per test outfit with 3+ items: hide one item among 3 same-category items of
   other outfits (correct answer first), in the published JSON shape with string values."""
   by_outfit, by_category = _by_outfit_and_category(items)
