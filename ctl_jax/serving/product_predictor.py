@@ -16,11 +16,13 @@ import os
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from ctl_jax.product import steps as product_steps
+from ctl_jax.product.model import ProductModel
 from ctl_jax.serving.restore import Restored, restore
 from ctl_jax.trainer import inference, sharding
 from input_pipeline import preprocess
@@ -44,6 +46,17 @@ def complementary_categories(category: str, categories: list[str], cooccurrence:
   ranked = [(categories[j], counts[j] / total) for j in np.argsort(-counts, kind="stable")
             if j != c and counts[j] >= min_outfits]
   return ranked[:top_k] if top_k is not None else ranked
+
+
+def style_encoder(model: ProductModel, variables: dict, image: jax.Array) -> dict[str, jax.Array]:
+  """Items [B, S, S, 3] -> {'style': [B, D] style vectors, 'probs': [B, C] category
+  probabilities, 'catalogue_row': [B, D + 1] rows [style, ||style||^2] (ranker.augment_catalogue)}:
+  what `embed` returns, as one function of the variables (the `style` SavedModel)."""
+  out = model.apply(variables, image, method="item_outputs")
+  style = out["style"]
+  return {"style": style, "probs": jax.nn.softmax(out["logits"], axis=-1),
+          "catalogue_row": jnp.concatenate([style, jnp.sum(jnp.square(style), -1, keepdims=True)],
+                                           axis=1)}
 
 
 class ProductPredictor:
