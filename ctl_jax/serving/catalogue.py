@@ -2,7 +2,9 @@
 
   <out>/manifest.json           model step and fingerprint, kind of distance, dimensions, files
   <out>/products.parquet        one row per product: signature, category, category_id, row, image
+                                (the image path relative to the manifest's `image_root`)
   <out>/embeddings/<NNN>_<category>.npy   [n_c, D] float16 or float32, rows in `row` order
+  <out>/index/<NNN>_<category>.faiss      optional ANN index (ann.py; `export --index`)
 
 numpy (`np.load`), pyarrow or pandas (`pd.read_parquet`) and FAISS-style inner-product indexes read
 these without our code. How to rank with them is in the manifest's `distance` text: for the scene
@@ -15,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import pathlib
 import re
 from typing import TYPE_CHECKING
 
@@ -28,7 +31,8 @@ from input_pipeline import storage
 if TYPE_CHECKING:  # annotations only: this module stays free of the config library
   import ml_collections
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: absolute image paths and no `image_root`
 MANIFEST = "manifest.json"
 METADATA = "products.parquet"
 EMBEDDINGS_DIR = "embeddings"
@@ -61,14 +65,35 @@ def category_file(index: int, name: str) -> str:
   return f"{EMBEDDINGS_DIR}/{index:03d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.npy"
 
 
+def relative_images(images: list[str], image_root: str | os.PathLike) -> list[str]:
+  """Image paths under `image_root` as relative (posix) paths; the others as they are."""
+  root = storage.absolute(image_root).rstrip("/") + "/"
+  out = []
+  for p in map(str, images):
+    full = storage.absolute(p) if p else p
+    out.append(pathlib.PurePath(full[len(root):]).as_posix() if full.startswith(root) else p)
+  return out
+
+
+def image_root_entry(image_root: str | os.PathLike, out: str | os.PathLike) -> str:
+  """The manifest's `image_root`: relative to the export folder when both are on the local disk
+  (the two folders can then be moved together), else absolute (or the URL)."""
+  if storage.is_remote(image_root) or storage.is_remote(out):
+    return storage.absolute(image_root)
+  return os.path.relpath(storage.absolute(image_root), storage.absolute(out))
+
+
 def write(out: str | os.PathLike, embeddings: np.ndarray, signatures: list[str],
           category_ids: np.ndarray, categories: list[str], images: list[str], *, kind: str,
-          step: int, fingerprint: str, dtype: str = "float32", extra: dict | None = None) -> dict:
+          step: int, fingerprint: str, dtype: str = "float32", image_root: str | None = None,
+          extra: dict | None = None) -> dict:
   """Writes the catalogue of `embeddings` [N, D] and returns the manifest.
 
   Args:
     category_ids: [N] index into `categories` of each product.
     images: [N] image file of each product (for reports; may be empty strings).
+    image_root: the folder the images are under (the catalogue folder): the table then stores
+      paths relative to it, and the manifest where it is relative to `out`.
   """
   if kind not in DISTANCES:
     raise ValueError(f"kind={kind!r}; choose from {list(DISTANCES)}")
@@ -93,7 +118,8 @@ def write(out: str | os.PathLike, embeddings: np.ndarray, signatures: list[str],
   table = pa.table({"signature": list(signatures),
                     "category": [categories[c] for c in category_ids],
                     "category_id": category_ids.astype(np.int32), "row": rows,
-                    "image": [str(p) for p in images]})
+                    "image": (relative_images(images, image_root) if image_root is not None
+                              else [str(p) for p in images])})
   buf = io.BytesIO()
   pq.write_table(table, buf)
   storage.write_atomic(out / METADATA, buf.getvalue())
@@ -101,15 +127,21 @@ def write(out: str | os.PathLike, embeddings: np.ndarray, signatures: list[str],
               "model_step": int(step), "model_fingerprint": fingerprint,
               "embed_dim": int(embeddings.shape[1]), "dtype": dtype,
               "num_products": len(signatures), "metadata": METADATA, "categories": entries,
+              "image_root": image_root_entry(image_root, out) if image_root is not None else None,
               **(extra or {})}
   storage.write_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
   return manifest
 
 
 class Catalogue:
-  """A read-only exported catalogue; arrays are memory-mapped, loaded per category on demand."""
+  """A read-only exported catalogue; arrays are memory-mapped, loaded per category on demand.
 
-  def __init__(self, root: str | os.PathLike):
+  Args:
+    image_root: where the product images are (default: the manifest's `image_root`, relative to
+      the export folder): give it when the images moved without the export.
+  """
+
+  def __init__(self, root: str | os.PathLike, image_root: str | os.PathLike | None = None):
     self.root = storage.path(root)
     path = self.root / MANIFEST
     if not path.exists():
@@ -122,10 +154,22 @@ class Catalogue:
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError included
       raise ServingError(f"{path}: unreadable export manifest ({e}): re-run `run.py export`"
                          ) from None
-    if self.manifest.get("format_version") != FORMAT_VERSION:
+    if self.manifest.get("format_version") not in READABLE_VERSIONS:
       raise ManifestMismatch(f"{path}: format_version {self.manifest.get('format_version')}, "
-                             f"this code reads {FORMAT_VERSION}: re-run `run.py export`")
-    self._table = None
+                             f"this code reads {READABLE_VERSIONS}: re-run `run.py export`")
+    self._products: dict[str, dict[str, np.ndarray]] | None = None
+    self._searchers = {}  # (category, exact) -> loaded searcher
+    if image_root is None and self.manifest.get("image_root") is not None:
+      image_root = storage.join(self.root, self.manifest["image_root"])
+    self.image_root = image_root
+    if image_root is not None and not storage.is_remote(image_root):
+      self.image_root = os.path.normpath(os.fspath(image_root))
+
+  def image_path(self, image: str) -> str:
+    """The file of a table's `image` entry: relative entries are under `image_root`."""
+    if not image or self.image_root is None or storage.is_remote(image) or os.path.isabs(image):
+      return image
+    return storage.join(self.image_root, image)
 
   @property
   def categories(self) -> list[str]:
@@ -161,17 +205,39 @@ class Catalogue:
       raise ServingError(f"{path}: unreadable embeddings ({e}): re-run `run.py export`"
                          ) from None
 
+  def searcher(self, category: str, exact: bool = False):
+    """The top-K searcher of `category`, loaded once and kept (a server keeps them warm): the
+    export's ANN index (ann.Searcher) when it has one for the category and `exact` is False,
+    else the exact ranker.Ranker over `embeddings(category)`. Both answer
+    `search(queries, k)` and `nearest(queries, constants, k)` (ranker.py)."""
+    use_index = not exact and category in (self.manifest.get("index") or {}).get("categories", {})
+    key = (category, not use_index)
+    if key not in self._searchers:
+      if use_index:
+        from ctl_jax.serving import ann  # FAISS: only for exports with an index
+        self._searchers[key] = ann.load(self, category)
+      else:
+        from ctl_jax.serving import ranker  # JAX: imported when a ranking is asked for
+        self._searchers[key] = ranker.Ranker(self.embeddings(category))
+    return self._searchers[key]
+
   def products(self, category: str) -> dict[str, np.ndarray]:
-    """Columns of the metadata table for `category`, in row order."""
-    if self._table is None:
+    """Columns of the metadata table for `category`, in row order (`image`: the file); read
+    once, then kept per category (a service looks them up on every request)."""
+    if self._products is None:
       try:
         t = pq.read_table(io.BytesIO(storage.read_bytes(self.root / METADATA)))
       except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise ServingError(f"{self.root / METADATA}: unreadable ({e}): re-run `run.py export`"
                            ) from None
-      self._table = {k: np.asarray(t.column(k).to_pylist(), object if k != "row" else np.int64)
-                     for k in ("signature", "category", "image", "row")}
-    t = self._table
-    members = np.flatnonzero(t["category"] == category)
-    members = members[np.argsort(t["row"][members])]
-    return {k: t[k][members] for k in ("signature", "image", "row")}
+      table = {k: np.asarray(t.column(k).to_pylist(), object if k != "row" else np.int64)
+               for k in ("signature", "category", "image", "row")}
+      table["image"] = np.asarray([self.image_path(p) for p in table["image"]], object)
+      self._products = {}
+      for name in np.unique(table["category"]):
+        members = np.flatnonzero(table["category"] == name)
+        members = members[np.argsort(table["row"][members])]
+        self._products[name] = {k: table[k][members] for k in ("signature", "image", "row")}
+    empty = np.asarray([], object)
+    return self._products.get(category, {"signature": empty, "image": empty,
+                                         "row": np.asarray([], np.int64)})

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 
 from ctl_jax.scene import evaluation as scene_eval
 from ctl_jax.serving import catalogue, product_predictor
@@ -69,7 +70,7 @@ def _scene_from_features(config, workdir):
   data = run.data
   emb = embedder.products(state, data)
   return (emb, list(data.stl.products), data.stl.product_category, data.product_paths,
-          int(jax.device_get(state.step)), data.categories, DropReport())
+          int(jax.device_get(state.step)), data.categories, DropReport(), config.data.root)
 
 
 def _scene_from_folder(config, workdir, folder):
@@ -80,7 +81,7 @@ def _scene_from_folder(config, workdir, folder):
   embedder = scene_eval.SceneEmbedder(scene.model, scene.mesh,
                                       sharding.shardings_of(scene.state), config)
   return (embedder.product_images(scene.state, files), sigs, ids, files, scene.step,
-          scene.categories, report)
+          scene.categories, report, folder)
 
 
 def _style_from_folder(config, workdir, folder):
@@ -90,9 +91,14 @@ def _style_from_folder(config, workdir, folder):
       folder, predictor.categories, images_dir=config.data.images_dir,
       category_map=dict(config.data.category_map) or None, strict=config.data.strict)
   batch = config.eval.batch_size
-  emb = np.concatenate([predictor.embed(predictor.load_items(files[i:i + batch]))["style"]
-                        for i in range(0, len(files), batch)])
-  return emb, sigs, ids, files, predictor.step, predictor.categories, report
+  rows = []
+  with tqdm.tqdm(total=len(files), unit="img", desc="embedding", leave=False,
+                 mininterval=1.0, disable=None) as bar:  # on a terminal
+    for i in range(0, len(files), batch):
+      rows.append(predictor.embed(predictor.load_items(files[i:i + batch]))["style"])
+      bar.update(len(rows[-1]))
+  return (np.concatenate(rows), sigs, ids, files, predictor.step, predictor.categories, report,
+          folder)
 
 
 # (task, catalogue is the feature cache) -> embed function; kind of distance of the task.
@@ -116,7 +122,7 @@ def export_embeddings(config: ml_collections.ConfigDict, workdir: str, source: s
     raise ServingError(f"--catalogue {source}: not a folder (or 'features')")
   fn = SOURCES[(config.task, use_cache)]
   args = (config, workdir) if use_cache else (config, workdir, source)
-  emb, sigs, ids, files, step, categories, report = fn(*args)
+  emb, sigs, ids, files, step, categories, report, image_root = fn(*args)
   if len(report):
     logging.warning("%s: %s", source, report.summary())
   out = out or storage.join(workdir, "export")
@@ -124,5 +130,6 @@ def export_embeddings(config: ml_collections.ConfigDict, workdir: str, source: s
     return {}
   return catalogue.write(out, emb, sigs, ids, categories, files, kind=KINDS[config.task],
                          step=step, fingerprint=catalogue.model_fingerprint(config, categories),
-                         dtype=dtype, extra={"catalogue": storage.absolute(source) if not use_cache
-                                             else "features", "dropped": report.counts()})
+                         dtype=dtype, image_root=image_root,
+                         extra={"catalogue": storage.absolute(source) if not use_cache
+                                else "features", "dropped": report.counts()})

@@ -24,20 +24,42 @@ from ctl_jax.serving import catalogue, ranker
 from ctl_jax.serving.restore import Restored, restore
 
 
+def scene_pair_parts(model: SceneModel, images: jax.Array, image_of: jax.Array,
+                     category: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """f_s [N, D], f_i [N, R, D] and attention [N, h, w] of N (scene, category) pairs.
+
+  Args:
+    images: [B, S, S, 3] scenes; the backbone and the global and local heads run once on each.
+    image_of: [N] the scene of each pair (an index into `images`).
+    category: [N] the category of each pair (only the attention depends on it).
+  """
+  feats = model.features(images)
+  f_s = model.heads.embed_global(feats["global"])
+  f_i, fhat_i = model.heads.embed_regions(feats["regions"])
+  weights = distances.attention_weights(fhat_i[image_of], model.heads.embed_category(category))
+  return (f_s[image_of], f_i[image_of],
+          weights.reshape(weights.shape[:1] + feats["regions"].shape[1:3]))
+
+
 def scene_parts(model: SceneModel, image: jax.Array,
                 category: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """f_s [C, D], f_i [C, R, D] and attention [C, h, w] of scenes [B, S, S, 3] and categories [C].
 
-  B is C (one category per scene) or 1 (one scene against several categories: the backbone and
-  the global and local heads then run once; only the attention depends on the category).
+  B is C (one category per scene) or 1 (one scene against several categories).
   """
-  feats = model.features(image)
-  f_s = model.heads.embed_global(feats["global"])
-  f_i, fhat_i = model.heads.embed_regions(feats["regions"])
-  weights = distances.attention_weights(fhat_i, model.heads.embed_category(category))  # [C, R]
-  c = weights.shape[0]
-  return (jnp.broadcast_to(f_s, (c,) + f_s.shape[1:]), jnp.broadcast_to(f_i, (c,) + f_i.shape[1:]),
-          weights.reshape((c,) + feats["regions"].shape[1:3]))
+  c = category.shape[0]
+  image_of = jnp.arange(c) if image.shape[0] == c else jnp.zeros(c, jnp.int32)
+  return scene_pair_parts(model, image, image_of, category)
+
+
+def scene_pairs_encoder(model: SceneModel, variables: Any, images: jax.Array, image_of: jax.Array,
+                        category: jax.Array) -> dict[str, jax.Array]:
+  """N (scene, category) pairs of B scenes (see `scene_pair_parts`) -> {'query' [N, D + 1],
+  'constant' [N], 'attention' [N, h, w]}: what the ranker needs for each pair."""
+  f_s, f_i, attention = model.apply(variables, images, image_of, category,
+                                    method=scene_pair_parts)
+  query, const = ranker.hybrid_query(f_s, f_i, attention.reshape(attention.shape[0], -1))
+  return {"query": query, "constant": const, "attention": attention}
 
 
 def scene_encoder(model: SceneModel, variables: Any, image: jax.Array,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ctl_jax.serving import recommend
+from ctl_jax.serving import engine
 from ctl_jax.serving.errors import UnknownCategoryError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_category_names_with_commas_are_kept_whole(scene_workdir, stl_root):
 
 def test_category_values_resolve_names_lists_and_unknowns():
   known = ["Shoes", "Handbags, Wallets & Cases", "Pants"]
-  resolve = recommend.resolve_categories
+  resolve = engine.resolve_categories
   assert resolve(["Handbags, Wallets & Cases"], known) == ["Handbags, Wallets & Cases"]
   assert resolve(["Shoes,Pants", "Shoes"], known) == ["Shoes", "Pants"]  # lists, no repeats
   assert resolve([], known) == [] and resolve(None, known) == []

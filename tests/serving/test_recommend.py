@@ -2,7 +2,9 @@
 
 import functools
 import json
+import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,31 +15,10 @@ import pytest
 from PIL import Image
 
 from ctl_jax.scene import distances
-from ctl_jax.serving import catalogue, export, recommend, restore, scene_predictor
-from ctl_jax.trainer import config_fields, loop
+from ctl_jax.serving import catalogue, engine, export, recommend, restore, scene_predictor
+from ctl_jax.trainer import config_fields
 from input_pipeline.readers import stl
 from input_pipeline.readers.drops import DataError
-
-
-@pytest.fixture(scope="module")
-def exported(stl_root, tmp_path_factory):
-  """A workdir with a (perturbed, so not the fresh init) checkpoint and its exported catalogue."""
-  from configs import smoke
-  config = smoke.get_config()
-  config.data.root = str(stl_root)
-  workdir = str(tmp_path_factory.mktemp("work"))
-  run = loop.setup(config, workdir)
-  state = run.fresh_state()
-  state = state.replace(step=state.step + 3, params=jax.tree.map(lambda x: x * 1.1, state.params))
-  run.checkpointer.save(3, state, run.meta(), force=True)
-  run.checkpointer.wait()
-  manifest = export.export_embeddings(config, workdir, str(stl_root), dtype="float32")
-  return config, workdir, manifest, run.data
-
-
-@pytest.fixture(scope="module")
-def predictor(exported):
-  return scene_predictor.restore_scene_predictor(exported[1])
 
 
 def _scene_image(data):
@@ -62,11 +43,32 @@ def test_export_is_readable_without_our_code(exported, predictor):
   scene = predictor
   name = data.categories[0]
   member = [i for i, c in enumerate(table["category"]) if c == name][:3]
-  images = np.stack([recommend.load_model_input(table["image"][i], config) for i in member])
+  files = catalogue.Catalogue(root).products(name)["image"]
+  images = np.stack([recommend.load_model_input(files[table["row"][i]], config) for i in member])
   encode = jax.jit(functools.partial(scene_predictor.product_encoder, scene.model))
   expected = encode(scene.state.variables(), images)["embedding"]
   rows = np.load(f"{root}/{manifest['categories'][name]['file']}")
   np.testing.assert_allclose(rows[[table["row"][i] for i in member]], expected, atol=1e-5)
+
+
+def test_an_export_moved_with_its_catalogue_finds_its_images(exported, tmp_path):
+  config, workdir, manifest, data = exported
+  table = pq.read_table(f"{workdir}/export/products.parquet").to_pydict()
+  assert not any(os.path.isabs(p) for p in table["image"])  # relative to the catalogue folder
+  assert all(p.startswith("images/") for p in table["image"])
+  # Both folders move to another parent, keeping where one is from the other.
+  new_parent = tmp_path / "moved"
+  shutil.copytree(workdir, new_parent / "w" / "work")
+  old_catalogue = os.path.relpath(config.data.root, f"{workdir}/export")
+  new_catalogue = os.path.normpath(new_parent / "w" / "work" / "export" / old_catalogue)
+  shutil.copytree(config.data.root, new_catalogue, ignore=shutil.ignore_patterns("*.tfrecord*"))
+  moved = catalogue.Catalogue(new_parent / "w" / "work" / "export")
+  name = data.categories[0]
+  files = moved.products(name)["image"]
+  assert files[0].startswith(str(new_parent)) and all(os.path.exists(f) for f in files)
+  # An export moved alone is pointed at its images.
+  alone = catalogue.Catalogue(f"{workdir}/export", image_root=new_catalogue)
+  assert list(alone.products(name)["image"]) == list(files)
 
 
 def test_recommend_equals_brute_force_hybrid_distances(exported, predictor, tmp_path, capsys):
@@ -135,15 +137,15 @@ def test_bad_input_gives_clear_errors(exported, predictor, tmp_path):
 
 
 def test_blend_and_quotas():
-  item = lambda c, d: recommend.Item(c, f"{c}{d}", "", d)
+  item = lambda c, d: engine.Item(c, f"{c}{d}", "", d)
   lists = {"a": [item("a", 1), item("a", 2), item("a", 3)], "b": [item("b", 0.5)],
            "c": [item("c", 4), item("c", 5)]}
-  got = recommend.blend(lists, 5, {"a": 2, "b": 2, "c": 1}, ["b", "a", "c"])
+  got = engine.blend(lists, 5, {"a": 2, "b": 2, "c": 1}, ["b", "a", "c"])
   assert [it.signature for it in got] == ["b0.5", "a1", "c4", "a2", "a3"]  # last: filled by d
-  assert recommend.proportional_quotas({"x": 0.5, "y": 0.3, "z": 0.2}, 4) == {"x": 2, "y": 1,
+  assert engine.proportional_quotas({"x": 0.5, "y": 0.3, "z": 0.2}, 4) == {"x": 2, "y": 1,
                                                                              "z": 1}
-  assert sum(recommend.proportional_quotas({"x": 1, "y": 1, "z": 1}, 10).values()) == 10
-  assert recommend.uniform_quotas(["x", "y", "z"], 10) == {"x": 4, "y": 4, "z": 4}
+  assert sum(engine.proportional_quotas({"x": 1, "y": 1, "z": 1}, 10).values()) == 10
+  assert engine.uniform_quotas(["x", "y", "z"], 10) == {"x": 4, "y": 4, "z": 4}
 
 
 def test_product_query_ranks_by_style_distance_and_blends(tmp_path):
@@ -154,14 +156,14 @@ def test_product_query_ranks_by_style_distance_and_blends(tmp_path):
   catalogue.write(tmp_path, emb, [f"p{i}" for i in range(30)], ids, ["Shoes", "Pants", "Bags"],
                   [""] * 30, kind="style_l2", step=1, fingerprint="f")
   style = rng.normal(size=8).astype(np.float32)
-  items = recommend.product_items(catalogue.Catalogue(tmp_path), style,
+  items = engine.product_items(catalogue.Catalogue(tmp_path), style,
                                   {"Pants": 0.6, "Bags": 0.2, "Hats": 0.2}, 5)
   d = ((emb - style) ** 2).sum(1)
   best = lambda c: [f"p{i}" for i in np.flatnonzero(ids == c)[np.argsort(d[ids == c])]]
   # Hats has no products: Pants 0.6 and Bags 0.2 share 5 slots 4:1, Pants first.
   assert [it.signature for it in items] == [best(1)[0], best(2)[0], *best(1)[1:4]]
   np.testing.assert_allclose(items[0].distance, d[int(best(1)[0][1:])], rtol=1e-5)
-  without = recommend.product_items(catalogue.Catalogue(tmp_path), style, {"Pants": 1.0}, 3,
+  without = engine.product_items(catalogue.Catalogue(tmp_path), style, {"Pants": 1.0}, 3,
                                     exclude={best(1)[0]})  # the query item itself
   assert [it.signature for it in without] == best(1)[1:4]
 
