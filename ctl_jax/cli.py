@@ -33,7 +33,12 @@ flags.DEFINE_float("reuse", 72_198 / 38_111, "generate-data: mean (scene, produc
 flags.DEFINE_string("catalogue", None, "export: a catalogue folder (fashion-cat.json + images/) "
                     "or 'features' (the training products, from the feature cache).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "export: embedding file dtype.")
-flags.DEFINE_bool("savedmodel", False, "export: also write TF SavedModels of the encoders.")
+flags.DEFINE_string("index", None, "export, build-index: an ANN index per category, "
+                    "faiss:<index_factory string>[@<search parameters>], e.g. "
+                    "faiss:IVF4096,Flat or faiss:IVF1024,Flat@nprobe=16 (small categories: exact "
+                    "flat).")
+flags.DEFINE_bool("savedmodel", False, "export: also write TF SavedModels of the encoders, "
+                  "for TF Serving (OUT/savedmodel/NAME/STEP; image bytes in).")
 flags.DEFINE_string("scene", None, "recommend: scene image to complete.")
 flags.DEFINE_string("product", None, "recommend: product image (product-task model).")
 flags.DEFINE_multi_string("category", [], "recommend: a category to rank, repeatable "
@@ -43,7 +48,23 @@ flags.DEFINE_multi_string("category", [], "recommend: a category to rank, repeat
 flags.DEFINE_integer("k", 10, "recommend: number of products.", lower_bound=1)
 flags.DEFINE_integer("quota", 0, "recommend: products per category when blending "
                      "(default 0: ceil(k / categories)).", lower_bound=0)
-flags.DEFINE_string("embeddings", None, "recommend: exported catalogue (default W/export).")
+flags.DEFINE_string("embeddings", None, "recommend, build-index: exported catalogue (default "
+                    "W/export).")
+flags.DEFINE_bool("exact", False, "recommend, serve: rank with the exact ranker even when the "
+                  "export has an ANN index.")
+flags.DEFINE_string("images", None, "recommend, serve: where the catalogue's product images are "
+                    "(default: the export's image_root, the catalogue folder it was made from).")
+flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on (0.0.0.0: every "
+                    "interface).")
+flags.DEFINE_integer("port", 8000, "serve: the port (0: a free one; the address is printed).",
+                     lower_bound=0, upper_bound=65535)
+flags.DEFINE_integer("max_batch", 32, "serve: the most concurrent requests answered by one model "
+                     "call (1: no micro-batching).", lower_bound=1)
+flags.DEFINE_float("batch_wait_ms", 2.0, "serve: how long a request waits for others to share "
+                   "its batch.", lower_bound=0.0)
+flags.DEFINE_integer("max_upload_mb", 20, "serve: the largest photo accepted, in MiB.",
+                     lower_bound=1)
+flags.DEFINE_string("examples", None, "serve: a folder of photos the web page offers to pick.")
 flags.DEFINE_string("root", None, "inspect-data: the dataset folder.")
 flags.DEFINE_string("json", None, "inspect-data: also write the summary as JSON to this file.")
 flags.DEFINE_string("annotations", None, "download-images: fashion.json, raw_*.tsv, "
@@ -86,12 +107,20 @@ COMMANDS = {
     "extract-features": Command("extract_features", "fill the backbone feature cache",
                                 "--config configs/demo.py --workdir W", _MODEL + _CLUSTER),
     "export": Command("export", "embed a catalogue for retrieval (and SavedModels)",
-                      "--workdir W --catalogue DIR|features [--out DIR] [--savedmodel]",
-                      ("workdir", "catalogue", "config", "out", "dtype", "savedmodel")),
+                      "--workdir W --catalogue DIR|features [--out DIR] [--savedmodel] "
+                      "[--index faiss:IVF4096,Flat]",
+                      ("workdir", "catalogue", "config", "out", "dtype", "savedmodel", "index")),
     "recommend": Command("recommend", "complete the look of one scene (or product) photo",
                          "--workdir W --scene IMG|--product IMG [--category C ...] [-k 10]",
                          ("workdir", "scene", "product", "category", "k", "quota", "embeddings",
-                          "out", "config")),
+                          "out", "config", "exact")),
+    "build-index": Command("build_index", "add ANN indexes to an exported catalogue",
+                           "--embeddings DIR|--workdir W --index faiss:IVF4096,Flat",
+                           ("workdir", "embeddings", "index")),
+    "serve": Command("serve", "a recommendation service (HTTP API and web page)",
+                     "--workdir W [--port 8000] [--embeddings DIR] [--examples DIR]",
+                     ("workdir", "host", "port", "embeddings", "images", "exact", "max_batch",
+                      "batch_wait_ms", "max_upload_mb", "examples", "config")),
     "generate-data": Command("generate_data", "write a generated STL/CTL dataset",
                              "--out DIR [--scenes N] [--seed S] [--format stl|ctl|both]",
                              ("out", "scenes", "outfits", "format", "seed", "reuse")),
@@ -277,19 +306,25 @@ def export():
 
 def _export():
   from ctl_jax.serving import export as export_lib
-  from ctl_jax.serving import restore, savedmodel, scene_predictor
+  from ctl_jax.serving import restore, savedmodel
   config = FLAGS.config or restore.config_from_meta(restore.open_checkpoint(FLAGS.workdir)[2])
   out = FLAGS.out or f"{FLAGS.workdir}/export"
+  if FLAGS.index:  # a bad spec fails now, not after the embedding
+    from ctl_jax.serving import ann
+    spec = ann.parse_spec(FLAGS.index, dim=config.model.embed_dim)
   manifest = export_lib.export_embeddings(config, FLAGS.workdir, FLAGS.catalogue, out,
                                           FLAGS.dtype)
   if not manifest:  # written by process 0
     return
   print(f"exported {manifest['num_products']} products (step {manifest['model_step']}, "
         f"{manifest['embed_dim']}-d {manifest['dtype']}) to {out}")
-  if FLAGS.savedmodel:
-    paths = savedmodel.export_savedmodels(
-        scene_predictor.restore_scene_predictor(FLAGS.workdir, config), f"{out}/savedmodel")
-    print("SavedModels: " + ", ".join(paths.values()))
+  if FLAGS.index:
+    _build_index(out, spec)
+  if FLAGS.savedmodel:  # TF Serving: --model_base_path=OUT/savedmodel/NAME, the highest version
+    predictor = savedmodel.restore_predictor(FLAGS.workdir, config)
+    paths = savedmodel.export_savedmodels(predictor, f"{out}/savedmodel")
+    print(f"SavedModels, version {predictor.step} (the checkpoint step): "
+          + ", ".join(paths.values()))
 
 
 def recommend():
@@ -299,7 +334,47 @@ def recommend():
   try:
     recommend_lib.recommend(FLAGS.workdir, scene=FLAGS.scene, product=FLAGS.product,
                             categories=FLAGS.category, k=FLAGS.k, quota=FLAGS.quota,
-                            embeddings=FLAGS.embeddings, out=FLAGS.out, config=FLAGS.config)
+                            embeddings=FLAGS.embeddings, out=FLAGS.out, config=FLAGS.config,
+                            exact=FLAGS.exact)
+  except _expected_errors() as e:
+    _fail(e)
+
+
+def build_index():
+  _need("index")
+  if FLAGS.embeddings is None:
+    _need("workdir")
+  try:
+    _build_index(FLAGS.embeddings or f"{FLAGS.workdir}/export", FLAGS.index)
+  except _expected_errors() as e:
+    _fail(e)
+
+
+def _build_index(out: str, spec):
+  """Builds the ANN index of every category of the export `out` (ann.py) and says what it built."""
+  import time
+
+  from ctl_jax.serving import ann
+  spec = ann.parse_spec(str(spec))
+  print(f"building {spec} indexes:")
+  start = time.perf_counter()
+  entry = ann.build(out, spec)
+  flat = sum(e["exact"] for e in entry["categories"].values())
+  print(f"index {entry['spec']} ({entry['params'] or 'every category exact flat'}) of "
+        f"{len(entry['categories'])} categories ({flat} exact flat) in "
+        f"{time.perf_counter() - start:.1f} s: {out}/{ann.INDEX_DIR}/")
+
+
+def serve():
+  _need("workdir")
+  _hide_gpus_from_tensorflow()
+  from ctl_jax.serving import service
+  options = service.ServiceOptions(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.batch_wait_ms,
+                                   max_upload_bytes=FLAGS.max_upload_mb << 20,
+                                   examples=FLAGS.examples)
+  try:
+    service.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port, embeddings=FLAGS.embeddings,
+                  images=FLAGS.images, exact=FLAGS.exact, options=options, config=FLAGS.config)
   except _expected_errors() as e:
     _fail(e)
 
