@@ -376,12 +376,9 @@ class Searcher:
     Returns:
       scores [B, k] (descending, exact for the ids) and row ids [B, k] of the catalogue.
     """
-    if not 1 <= k <= self.num_rows:
-      raise ValueError(f"k={k} but the catalogue has {self.num_rows} products: ask for at most "
-                       f"{self.num_rows}")
+    from ctl_jax.serving import ranker  # its argument checks (imports JAX, as queries do)
     queries = np.asarray(queries, np.float32)
-    if queries.ndim != 2 or queries.shape[1] != self.width:
-      raise ValueError(f"queries of shape {queries.shape} for a catalogue of width {self.width}")
+    ranker.check_search(queries.shape, k, self.num_rows, self.width)
     fetch = min(self.num_rows, k * self.rerank)
     extra = {}
     if self._hnsw is not None and fetch > self._hnsw.hnsw.efSearch:  # at most efSearch ids

@@ -160,7 +160,9 @@ class Catalogue:
     self._products: dict[str, dict[str, np.ndarray]] | None = None
     self._searchers = {}  # (category, exact) -> loaded searcher
     if image_root is None and self.manifest.get("image_root") is not None:
-      image_root = storage.join(self.root, self.manifest["image_root"])
+      image_root = self.manifest["image_root"]  # a URL or absolute path, or relative to root
+      if not (storage.is_remote(image_root) or os.path.isabs(image_root)):
+        image_root = storage.join(self.root, image_root)
     self.image_root = image_root
     if image_root is not None and not storage.is_remote(image_root):
       self.image_root = os.path.normpath(os.fspath(image_root))

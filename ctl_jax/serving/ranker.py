@@ -58,6 +58,16 @@ def l2_query(x: jax.Array | np.ndarray) -> tuple[jax.Array, jax.Array]:
   return jnp.concatenate([2.0 * x, -jnp.ones_like(x[:, :1])], axis=1), jnp.sum(jnp.square(x), -1)
 
 
+def check_search(query_shape: tuple[int, ...], k: int, num_rows: int, width: int) -> None:
+  """ValueError naming what a catalogue of `num_rows` rows of `width` cannot answer: a k out of
+  1..num_rows, or queries that are not [B, width]."""
+  if not 1 <= k <= num_rows:
+    raise ValueError(f"k={k} but the catalogue has {num_rows} products: ask for at most "
+                     f"{num_rows}")
+  if len(query_shape) != 2 or query_shape[1] != width:
+    raise ValueError(f"queries of shape {tuple(query_shape)} for a catalogue of width {width}")
+
+
 def merge_top_k(scores_a: jax.Array, ids_a: jax.Array, scores_b: jax.Array, ids_b: jax.Array,
                 k: int) -> tuple[jax.Array, jax.Array]:
   """Top `k` of two candidate lists [B, ka] and [B, kb] (largest scores first)."""
@@ -140,12 +150,8 @@ class Ranker:
     Returns:
       scores [B, k] (descending) and row ids [B, k] of the catalogue.
     """
-    if not 1 <= k <= self.num_rows:
-      raise ValueError(f"k={k} but the catalogue has {self.num_rows} products: ask for at most "
-                       f"{self.num_rows}")
     queries = jnp.asarray(queries, jnp.float32)
-    if queries.ndim != 2 or queries.shape[1] != self.width:
-      raise ValueError(f"queries of shape {queries.shape} for a catalogue of width {self.width}")
+    check_search(queries.shape, k, self.num_rows, self.width)
     queries = jax.device_put(queries, NamedSharding(self.mesh, P()))
     run = functools.partial(_chunk_top_k, k=min(k, self.chunk_rows), mesh=self.mesh)
     num_valid = jnp.int32(self.num_rows)

@@ -44,9 +44,8 @@ def product_flow(config: ml_collections.ConfigDict | None, workdir: str,
   catalogue (its file named by its signature)."""
   from ctl_jax.serving import product_predictor  # restores checkpoints: imported when needed
   html_report.open_image(image_path)  # a clear error before any model work
-  if cat.manifest["kind"] != "style_l2":  # before restoring the checkpoint
-    raise catalogue_lib.ManifestMismatch(f"{cat.root} holds {cat.manifest['kind']} embeddings; "
-                                         "a product query needs the product model's export")
+  # The checkpoint first: a scene model's workdir is named as such (use --scene), before its
+  # export's kind is.
   product = engine.ProductEngine(product_predictor.restore_product_predictor(workdir, config),
                                  cat, exact, max_categories)
   names = product.validate(categories, k)

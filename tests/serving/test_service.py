@@ -282,20 +282,13 @@ def test_bucket_and_padding():
 
 
 def test_a_product_model_is_served_as_the_kdd_flow(product_smoke_config, stl_root,
-                                                   tmp_path_factory):
+                                                   tmp_path_factory, perturbed_checkpoint):
   """A product-task workdir: the photo of one product -> its predicted category, the categories
   that complete it and their products by style distance, as `recommend --product` ranks them."""
-  import jax
-
   from ctl_jax.serving import export
-  from ctl_jax.trainer import loop
   config = product_smoke_config
   workdir = str(tmp_path_factory.mktemp("product_work"))
-  run = loop.setup(config, workdir)
-  state = run.fresh_state()
-  state = state.replace(step=state.step + 2, params=jax.tree.map(lambda x: x * 1.1, state.params))
-  run.checkpointer.save(2, state, run.meta(), force=True)
-  run.checkpointer.wait()
+  perturbed_checkpoint(config, workdir, step=2)
   manifest = export.export_embeddings(config, workdir, str(stl_root))
   assert manifest["kind"] == "style_l2"
   table = catalogue.Catalogue(f"{workdir}/export")
