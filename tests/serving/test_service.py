@@ -55,7 +55,8 @@ def service(exported, tmp_path_factory):
   for scene in data.stl.scenes[:3]:
     src = data.stl.image_paths[scene]
     (examples / os.path.basename(src)).write_bytes(open(src, "rb").read())
-  proc, url = start_service(workdir, "--max_upload_mb=1", f"--examples={examples}")
+  proc, url = start_service(workdir, "--max_upload_mb=1", f"--examples={examples}",
+                            "--max_batch=8")
   yield url
   stop_service(proc)
 
@@ -294,7 +295,7 @@ def test_a_product_model_is_served_as_the_kdd_flow(product_smoke_config, stl_roo
   table = catalogue.Catalogue(f"{workdir}/export")
   name = next(c for c in table.categories if manifest["categories"][c]["count"])
   photo = str(table.products(name)["image"][0])
-  proc, url = start_service(workdir)
+  proc, url = start_service(workdir, "--max_batch=2")
   try:
     body = post(url, photo, k=5).json()
     items, predicted, weights = recommend.product_flow(None, workdir, table, photo, 5)
