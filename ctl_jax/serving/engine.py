@@ -21,12 +21,9 @@ category), so a long-running service compiles a handful of programs, not one per
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ctl_jax.serving import catalogue as catalogue_lib
@@ -192,9 +189,6 @@ class SceneEngine:
     self.predictor, self.cat, self.exact = predictor, cat, exact
     self.categories = list(predictor.categories)
     self.stocked = [c for c in cat.categories if cat.manifest["categories"][c]["count"] > 0]
-    from ctl_jax.serving import scene_predictor
-    self._encode = jax.jit(functools.partial(scene_predictor.scene_pairs_encoder,
-                                             predictor.model))
 
   @property
   def config(self):
@@ -213,12 +207,12 @@ class SceneEngine:
     """The ranked products and attention maps of every request (validated ones)."""
     asked = [r.categories or self.stocked for r in requests]
     image_of = np.asarray([i for i, names in enumerate(asked) for _ in names], np.int32)
-    category = np.asarray([self.categories.index(c) for names in asked for c in names], np.int32)
+    ids = {c: i for i, c in enumerate(self.categories)}
+    category = np.asarray([ids[c] for names in asked for c in names], np.int32)
     images = np.stack([r.image for r in requests]).astype(np.float32)
     n = len(category)
-    out = jax.device_get(self._encode(
-        self.predictor.state.variables(), pad_rows(images, bucket(len(images))),
-        jnp.asarray(pad_rows(image_of, bucket(n))), jnp.asarray(pad_rows(category, bucket(n)))))
+    out = self.predictor.pairs(pad_rows(images, bucket(len(images))),
+                               pad_rows(image_of, bucket(n)), pad_rows(category, bucket(n)))
     query, const, attention = out["query"][:n], out["constant"][:n], out["attention"][:n]
     pair_names = [c for names in asked for c in names]
     pair_k = [min(r.k, self.cat.manifest["categories"][c]["count"])

@@ -90,16 +90,16 @@ class ScenePredictor:
     return catalogue.model_fingerprint(self.config, self.categories)
 
   @functools.cached_property
-  def _scene_fn(self):
-    return jax.jit(functools.partial(scene_encoder, self.model))
+  def _pairs_fn(self):  # one jitted function per predictor: compiled once per padded shape
+    return jax.jit(functools.partial(scene_pairs_encoder, self.model))
 
-  def scene(self, image: np.ndarray,
-            categories: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Augmented queries [C, D + 1], constants [C] and attention maps [C, h, w] of one scene
-    [S, S, 3] for each of `categories`."""
-    out = jax.device_get(self._scene_fn(self.state.variables(), image[None],
-                                        jnp.asarray(categories, jnp.int32)))
-    return out["query"], out["constant"], out["attention"]
+  def pairs(self, images: np.ndarray, image_of: np.ndarray,
+            category: np.ndarray) -> dict[str, np.ndarray]:
+    """{'query' [N, D + 1], 'constant' [N], 'attention' [N, h, w]} of N (scene, category)
+    pairs of the scenes `images` [B, S, S, 3] (see `scene_pair_parts`), on the host."""
+    return jax.device_get(self._pairs_fn(self.state.variables(), images,
+                                         jnp.asarray(image_of, jnp.int32),
+                                         jnp.asarray(category, jnp.int32)))
 
 
 def restore_scene_predictor(workdir: str | os.PathLike,

@@ -175,12 +175,13 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(service, ex
 def test_the_web_page_shows_products_and_heatmaps(service, exported, tmp_path):
   """The page in a real headless browser (Debian's chromium through selenium): upload a photo,
   choose two categories, see the products' images and one heatmap per category."""
-  webdriver = pytest.importorskip("selenium.webdriver")
+  from selenium import webdriver
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
   browser, driver_path = "/usr/bin/chromium", "/usr/bin/chromedriver"
-  if not (os.path.exists(browser) and os.path.exists(driver_path)):
-    pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+  assert os.path.exists(browser) and os.path.exists(driver_path), (
+      "the web page test needs Debian's browser: apt-get install chromium chromium-driver "
+      "(.ci/run installs them)")
   config, workdir, manifest, data = exported
   options = webdriver.ChromeOptions()
   options.binary_location = browser
